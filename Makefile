@@ -1,0 +1,82 @@
+# The front door. `make help` lists the targets. Stages are cached by content: a target whose
+# inputs, parameters and code did not change prints `<stage>: cached` and does nothing.
+#
+#   make all                          # fresh clone -> submissions/images.zip (offline, CPU)
+#   make fid                          # local FID of the submission -> data/score/score.json
+#   make train SET="train.kimg=80"    # override parameters without editing params.yaml
+#   make train GPUS=2                 # DDP through torchrun
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PARAMS ?= params.yaml
+SET ?=
+GPUS ?= 1
+NODES ?= 1
+ARGS ?=
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+RUN = $(PY) -m pipeline run --params $(PARAMS) $(if $(strip $(SET)),--set "$(SET)") $(ARGS)
+
+STAGES := fetch crop pad augment generate package score
+
+.DEFAULT_GOAL := help
+.PHONY: help all fid test test-fast $(STAGES) train status ingest-report params bench report \
+        lint clean clean-all env
+
+help: ## list every target with one line
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+env: $(STAMP) ## create .venv with the pinned dependencies (done by every target)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@rm -f $(VENV)/.installed-* && touch $@
+
+all: $(STAMP) ## every stage up to submissions/images.zip (10,000 PNGs, validated)
+	$(RUN) package
+
+fid: $(STAMP) ## local score (FID, KID, precision/recall, MiFID) -> data/score/score.json
+	$(RUN) score
+
+fetch crop pad augment generate package score: $(STAMP) ## run one stage (and what it needs)
+	$(RUN) $@
+
+train: $(STAMP) ## train the GAN (GPUS=N NODES=M launch torchrun DDP)
+ifeq ($(GPUS)$(NODES),11)
+	$(RUN) train
+else
+	$(RUN) augment
+	$(VENV)/bin/torchrun --nnodes=$(NODES) --nproc_per_node=$(GPUS) $(TORCHRUN_ARGS) \
+	  -m pipeline run --params $(PARAMS) $(if $(strip $(SET)),--set "$(SET)") train
+endif
+
+status: $(STAMP) ## each stage: cached, stale (and why) or missing
+	@$(PY) -m pipeline status --params $(PARAMS) $(if $(strip $(SET)),--set "$(SET)")
+
+ingest-report: status ## counts of kept and rejected images by reason
+
+params: $(STAMP) ## every parameter with its default and meaning
+	@$(PY) -m pipeline params
+
+test: $(STAMP) ## the whole test suite (under 15 minutes on 2 CPU cores)
+	$(PY) -m pytest -q $(ARGS)
+
+test-fast: $(STAMP) ## the tests not marked slow
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
+bench: $(STAMP) ## benchmarks against their baselines (long; see bench/RESULTS.md)
+	$(PY) bench/bench_pipeline.py
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check pipeline stages tests bench
+
+clean: ## delete stage outputs (keeps downloads, caches and the environment)
+	find data -mindepth 1 -maxdepth 1 ! -name raw ! -name clean ! -name downloads ! -name cache \
+	  -exec rm -rf {} +
+	find data/raw data/clean submissions -mindepth 1 ! -name .gitkeep -exec rm -rf {} +
+
+clean-all: clean ## also delete downloads, caches and .venv
+	rm -rf data/downloads data/cache $(VENV)

@@ -1,0 +1,76 @@
+"""Offline, deterministic augmentation into the training pack.
+
+Every clean image is written once as is, then once per transform (horizontal flip, small
+rotations). Horizontal flips are the safe case; rotations fill the corners with the background,
+which the generator can learn ("leaking" augmentations in the ADA paper), so they are opt-in and
+recorded in the pack's info. Stochastic augmentations that must touch reals and fakes alike
+(DiffAugment, ADA) belong to training, not here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from pipeline import pack
+from pipeline.pack import PackInfo
+
+
+def transform_names(hflip: bool, rotations: tuple[float, ...]) -> tuple[str, ...]:
+    """Names of the copies made of each image, in pack order."""
+    names = ["identity"]
+    if hflip:
+        names.append("hflip")
+    names.extend(f"rotate{angle:+g}" for angle in rotations)
+    return tuple(names)
+
+
+def apply_transform(image: np.ndarray, name: str) -> np.ndarray:
+    """One named transform of an (H, W, C) uint8 image; rotations fill corners with black."""
+    if name == "identity":
+        return image
+    if name == "hflip":
+        return image[:, ::-1]
+    if name.startswith("rotate"):
+        angle = float(name[len("rotate"):])
+        height, width = image.shape[:2]
+        matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
+        rotated = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return rotated.reshape(image.shape)  # cv2 drops a single channel axis
+    raise ValueError(f"unknown transform {name!r}")
+
+
+def read_clean_image(path: Path, size: int, grey: bool) -> np.ndarray:
+    """A clean PNG as (size, size, 1 or 3) uint8."""
+    with Image.open(path) as im:
+        im = im.convert("L" if grey else "RGB")
+        if im.size != (size, size):
+            raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
+        array = np.asarray(im, dtype=np.uint8)
+    return array[:, :, None] if grey else array
+
+
+def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
+               rotations: tuple[float, ...], grey: bool, quiet: bool = False) -> PackInfo:
+    """Write every image and its transformed copies into a memory-mapped uint8 pack.
+
+    Streams: one source image in memory at a time, the pack itself lives on disk.
+    """
+    names = transform_names(hflip, rotations)
+    channels = 1 if grey else 3
+    images = pack.create(out_dir, len(files) * len(names), size, channels)
+    # Layout: all identities first, then all flips, ... so a prefix is a plain dataset.
+    for index, path in enumerate(tqdm(files, desc="augment", unit="img", disable=quiet)):
+        source = read_clean_image(path, size, grey)
+        for copy, name in enumerate(names):
+            images[copy * len(files) + index] = apply_transform(source, name)
+    images.flush()
+    info = PackInfo(count=len(files) * len(names), size=size, channels=channels,
+                    sources=len(files), transforms=names)
+    pack.write_info(out_dir, info)
+    return info

@@ -1,0 +1,177 @@
+"""Command line: `python -m pipeline`. The only module that knows the stages.
+
+\b
+Examples:
+    python -m pipeline run package                  # everything up to submissions/images.zip
+    python -m pipeline run score                    # the local FID (make fid)
+    python -m pipeline run train --set train.seed=3 --set train.kimg=80
+    python -m pipeline run pad --force              # rerun a stage even if cached
+    python -m pipeline status                       # cached / stale (why) / missing
+    python -m pipeline params                       # every parameter with its default
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import SECTIONS, load_params, section_doc
+from pipeline.errors import UserError
+from pipeline.runner import Graph, Project
+
+app = typer.Typer(
+    help="GAN competition pipeline: fetch, crop, pad, augment, train, generate, package, score.",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+)
+
+STAGE_NAMES = ("fetch", "crop", "pad", "augment", "train", "generate", "package", "score")
+StageName = Enum("StageName", {name: name for name in STAGE_NAMES}, type=str)  # for --help
+
+RootOption = Annotated[Path, typer.Option("--root", help="project folder (holds data/)",
+                                          show_default=False)]
+ParamsOption = Annotated[Optional[Path], typer.Option(
+    "--params", "-p", help="params file (default: ROOT/params.yaml)")]
+SetOption = Annotated[Optional[list[str]], typer.Option(
+    "--set", "-s", help="override one parameter, e.g. --set train.seed=3 (repeatable)")]
+
+
+def _graph(root: Path, params_file: Optional[Path], overrides: list[str]) -> Graph:
+    """Load params, then build the stage graph (stages are imported here, and only here)."""
+    from stages import STAGES
+
+    project = Project(root.resolve())
+    # Ultralytics would write its settings under ~/.config; keep everything in the project.
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(project.data / "cache" / "ultralytics"))
+    params = load_params(params_file or project.params_file, overrides)
+    package_dir = Path(__file__).resolve().parent
+    return Graph(STAGES, project, params, package_dir)
+
+
+def _split_overrides(values: list[str]) -> list[str]:
+    """`make STAGE SET="a=1 b=2"` passes one string; split it on spaces outside brackets."""
+    parts: list[str] = []
+    for value in values:
+        depth, current = 0, ""
+        for char in value:
+            depth += char in "[{"
+            depth -= char in "]}"
+            if char == " " and depth == 0:
+                if current:
+                    parts.append(current)
+                current = ""
+            else:
+                current += char
+        if current:
+            parts.append(current)
+    return parts
+
+
+@app.command()
+def run(
+    stages: Annotated[list[StageName], typer.Argument(help="stage(s) to bring up to date")],
+    set_: SetOption = None,
+    force: Annotated[bool, typer.Option("--force", help="rerun the named stages even if cached")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+) -> None:
+    """Run the named stages and whatever upstream of them is not cached."""
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    names = [s.value for s in stages]
+    graph.run(names, force=names if force else (), quiet=quiet)
+
+
+@app.command()
+def status(root: RootOption = Path("."), params: ParamsOption = None,
+           set_: SetOption = None) -> None:
+    """Each stage in order: cached, stale (and why) or missing; its output folder and size."""
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    for name in graph.order:
+        state, why = graph.state(name)
+        folder = graph.output_dir(name)
+        size = _folder_size(folder) if folder.exists() else 0
+        where = f"{folder.relative_to(graph.project.root)}/ ({_human(size)})"
+        print(f"{name:<9} {state:<8} {where:<28} {why}".rstrip())
+    _print_ingest_counts(graph)
+
+
+@app.command("params")
+def params_doc(markdown: Annotated[bool, typer.Option(help="a Markdown table (README)")] = False
+               ) -> None:
+    """Every parameter of params.yaml with its type, default and meaning."""
+    print(params_markdown() if markdown else params_text())
+
+
+def params_markdown() -> str:
+    """The README's parameter reference, generated from the config dataclasses."""
+    lines = []
+    for section in SECTIONS:
+        lines += [f"#### `{section}`", "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        for key, kind, default, help_text in section_doc(section):
+            lines.append(f"| `{section}.{key}` | {kind} | `{default}` | {help_text} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def params_text() -> str:
+    lines = []
+    for section in SECTIONS:
+        lines.append(f"{section}:")
+        for key, _kind, default, help_text in section_doc(section):
+            lines.append(f"  {key}: {default}  # {help_text}")
+    return "\n".join(lines)
+
+
+def _print_ingest_counts(graph: Graph) -> None:
+    """Counts by reason from the ingest decision record (data/clean/ingest.csv)."""
+    record = graph.output_dir("pad") / "ingest.csv"
+    if not record.exists():
+        return
+    import pandas as pd
+
+    table = pd.read_csv(record, keep_default_na=False)
+    kept = int((table["decision"] == "kept").sum())
+    print(f"\ningest: {len(table):,} images, {kept:,} kept, {len(table) - kept:,} rejected")
+    rejected = table[table["decision"] == "rejected"]
+    families = rejected["reason"].str.split(":").str[0].str.split(" of ").str[0].str.strip()
+    for reason, count in families.value_counts().items():
+        print(f"  {count:>7,}  {reason}")
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def main() -> None:
+    """Entry point: expected errors become one sentence and a non-zero exit, no traceback."""
+    try:
+        app()
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to continue", file=sys.stderr)
+        sys.exit(130)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            free = shutil.disk_usage(".").free
+            print(f"error: no disk space left ({_human(free)} free); free some space or move "
+                  "data/ to a larger disk, then rerun", file=sys.stderr)
+            sys.exit(28)
+        raise

@@ -1,0 +1,70 @@
+"""The decision record: one row per image that enters ingest, saying what happened to it and why.
+
+Every stage that drops images (fetch, crop, pad) writes its rows to a CSV in its output folder
+with pandas; `python -m pipeline status` and the report count them by reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+KEPT = "kept"
+REJECTED = "rejected"
+COLUMNS = ["file", "stage", "decision", "reason", "box", "score", "output"]
+
+
+@dataclass(frozen=True)
+class Decision:
+    file: str  # path relative to the stage's input folder (unique per image)
+    stage: str  # fetch | crop | pad
+    decision: str  # KEPT or REJECTED
+    reason: str = ""  # why rejected ("corrupt: ...", "duplicate of X", "no clock found"); "" if kept
+    box: str = ""  # crop box "x0 y0 x1 y1" in source pixels, "" if none
+    score: float | None = None  # detector confidence, when a detector decided
+    output: str = ""  # name of the file this stage wrote for a kept image, "" if none
+
+
+def kept(file: str, stage: str, box: str = "", score: float | None = None,
+         output: str = "") -> Decision:
+    return Decision(file, stage, KEPT, "", box, score, output)
+
+
+def rejected(file: str, stage: str, reason: str, box: str = "",
+             score: float | None = None) -> Decision:
+    return Decision(file, stage, REJECTED, reason, box, score)
+
+
+def write_decisions(rows: list[Decision], path: Path) -> None:
+    """Write the rows as CSV (UTF-8, so Vietnamese file names survive)."""
+    frame = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
+    frame.to_csv(path, index=False, encoding="utf-8")
+
+
+def read_decisions(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, encoding="utf-8", keep_default_na=False)
+
+
+def count_by_reason(rows: list[Decision]) -> dict[str, int]:
+    """Rejections per reason family (the text before the first ':'), most common first."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.decision == REJECTED:
+            family = r.reason.split(":")[0].split(" of ")[0].strip()
+            counts[family] = counts.get(family, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def consolidate_decisions(crop_rows: pd.DataFrame, pad_rows: list[Decision]) -> pd.DataFrame:
+    """One row per image that entered ingest, with its final decision.
+
+    Images crop rejected keep crop's row; images crop kept get pad's decision, named by their
+    original file (crop's `output` column maps crop's file name back to the source file).
+    """
+    pad_frame = pd.DataFrame([asdict(r) for r in pad_rows], columns=COLUMNS)
+    rejected_by_crop = crop_rows[crop_rows["decision"] == REJECTED]
+    origin = dict(zip(crop_rows["output"], crop_rows["file"]))
+    pad_frame["file"] = [origin.get(name, name) for name in pad_frame["file"]]
+    return pd.concat([rejected_by_crop[COLUMNS], pad_frame], ignore_index=True)

@@ -1,0 +1,44 @@
+"""Reading fetch's output (data/raw/) and fingerprinting local sources.
+
+Kept apart from `sources` (which downloads and extracts) so the crop stage and the runner can use
+it without importing the download machinery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+
+
+def list_fetched_images(raw_dir: Path) -> list[Path]:
+    """The image files fetch kept, sorted by relative path (files.csv kind == image)."""
+    table = pd.read_csv(raw_dir / "files.csv", encoding="utf-8", keep_default_na=False)
+    paths = sorted(table.loc[table["kind"] == "image", "path"].astype(str))
+    return [raw_dir / "files" / p for p in paths]
+
+
+def source_fingerprint(source: str, project_root: Path) -> str:
+    """What a local source holds, so adding a file to a `dir:` folder refetches it.
+
+    Folders are fingerprinted by their listing (relative path and size, not times: a fresh copy
+    of the same data stays cached), zips by their bytes. Remote sources return "": their
+    identity is the source string itself, already part of the params.
+    """
+    kind, _, location = source.partition(":")
+    if kind not in ("dir", "zip"):
+        return ""
+    path = Path(location).expanduser()
+    path = path if path.is_absolute() else project_root / path
+    digest = hashlib.sha256()
+    if kind == "dir" and path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\n".encode())
+    elif kind == "zip" and path.is_file():
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    else:
+        return "missing"
+    return digest.hexdigest()

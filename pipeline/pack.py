@@ -1,0 +1,46 @@
+"""The training pack: every training image in one uint8 array on disk, memory-mapped.
+
+Training reads batches straight from the map, so it never decodes a PNG and its memory does not
+grow with the dataset. Layout: `images.npy` of shape (N, H, W, C), uint8 in [0, 255], C = 3 (RGB)
+or 1 (grey), plus `pack.json` describing it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+IMAGES = "images.npy"
+META = "pack.json"
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    count: int  # images in the pack
+    size: int  # side in pixels (images are square)
+    channels: int  # 3 for RGB, 1 for grey
+    sources: int  # distinct source images before augmentation
+    transforms: tuple[str, ...]  # e.g. ("identity", "hflip", "rotate+5")
+
+
+def create(folder: Path, count: int, size: int, channels: int) -> np.memmap:
+    """Open a new pack array for writing, (count, size, size, channels) uint8."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return np.lib.format.open_memmap(
+        folder / IMAGES, mode="w+", dtype=np.uint8, shape=(count, size, size, channels)
+    )
+
+
+def write_info(folder: Path, info: PackInfo) -> None:
+    (folder / META).write_text(json.dumps(asdict(info), indent=2), encoding="utf-8")
+
+
+def open_pack(folder: Path) -> tuple[np.ndarray, PackInfo]:
+    """Memory-map a pack read-only: (images (N, H, W, C) uint8, info)."""
+    meta = json.loads((folder / META).read_text(encoding="utf-8"))
+    meta["transforms"] = tuple(meta["transforms"])
+    images = np.load(folder / IMAGES, mmap_mode="r")
+    return images, PackInfo(**meta)

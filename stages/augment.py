@@ -1,0 +1,31 @@
+"""augment: flips (and optional small rotations) into a memory-mapped training pack.
+
+    make augment SET="augment.rotations=[-5,5]"
+
+Writes data/pack/images.npy (N, size, size, C) uint8 and pack.json, which records the
+transforms used so an FID change can be traced to them.
+"""
+
+import warnings
+from pathlib import Path
+
+from pipeline.augment import build_pack
+from pipeline.runner import Stage, StageContext, StageResult
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, size = ctx.params.augment, ctx.params.pad.size
+    if cfg.rotations:
+        warnings.warn("augment.rotations fill image corners with background, which the "
+                      "generator can learn (a 'leaking' augmentation); keep angles small",
+                      stacklevel=1)
+    files = sorted(ctx.inputs["pad"].glob("*.png"))
+    info = build_pack(files, ctx.out_dir, size, cfg.hflip, cfg.rotations, cfg.grey, ctx.quiet)
+    return StageResult(
+        f"{info.count:,} training images from {info.sources:,} ({', '.join(info.transforms)})",
+        {"images": info.count, "sources": info.sources},
+    )
+
+
+STAGE = Stage(name="augment", upstream=("pad",), section="augment", output="data/pack",
+              script=Path(__file__), run=run)

@@ -1,0 +1,53 @@
+"""crop: keep the object of interest, drop pictures with none or too many, and say why.
+
+    make crop SET="crop.method=yolo crop.classes=[motorcycle]"
+
+method alpha crops transparent cut-outs to their opaque extent, none passes images through,
+yolo keeps the largest confident detection. Names in crop.reject_list are dropped first (the
+manual filtering of seed 004). Writes data/crop/images/, data/crop/decisions.csv and a contact
+sheet data/crop/contact_sheet.html to review by eye.
+"""
+
+import hashlib
+from pathlib import Path
+
+from pipeline.cropping import crop_images
+from pipeline.decisions import KEPT, count_by_reason, write_decisions
+from pipeline.detect import crop_with_yolo
+from pipeline.review import apply_reject_list, contact_sheet, read_reject_list
+from pipeline.runner import Project, Stage, StageContext, StageResult
+from pipeline.fetched import list_fetched_images
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg, raw = ctx.params.crop, ctx.inputs["fetch"] / "files"
+    files = list_fetched_images(ctx.inputs["fetch"])
+    reject_path = ctx.project.root / cfg.reject_list if cfg.reject_list else None
+    files, manual = apply_reject_list(files, raw, read_reject_list(reject_path))
+
+    images_dir = ctx.out_dir / "images"
+    images_dir.mkdir()
+    crop = crop_with_yolo if cfg.method == "yolo" else crop_images
+    decisions = manual + crop(files, raw, images_dir, cfg, ctx.params.pad.max_pixels, ctx.quiet)
+
+    write_decisions(decisions, ctx.out_dir / "decisions.csv")
+    contact_sheet(decisions, images_dir, raw, ctx.out_dir / "contact_sheet.html")
+    n_kept = sum(d.decision == KEPT for d in decisions)
+    reasons = ", ".join(f"{n:,} {why}" for why, n in count_by_reason(decisions).items())
+    return StageResult(
+        f"{n_kept:,} kept, {len(decisions) - n_kept:,} rejected"
+        + (f" ({reasons})" if reasons else "") + " (see data/crop/decisions.csv)",
+        {"kept": n_kept, "rejected": len(decisions) - n_kept},
+    )
+
+
+def extra_fingerprint(params, project: Project) -> str:
+    """Editing the reject list reruns crop and what follows."""
+    if not params.crop.reject_list:
+        return ""
+    path = project.root / params.crop.reject_list
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+
+
+STAGE = Stage(name="crop", upstream=("fetch",), section="crop", output="data/crop",
+              script=Path(__file__), run=run, extra_fingerprint=extra_fingerprint)

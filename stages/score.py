@@ -1,0 +1,38 @@
+"""score: the local FID (pytorch-fid's number) of the generated PNGs, with KID, P/R and MiFID.
+
+    make fid
+    make score SET="score.n=10000"
+
+Scores what is submitted (the saved PNGs) against data/clean/ (or score.reference). Reference
+statistics are cached by content in data/cache/fid/. Writes data/score/score.json and appends
+to data/score/history.csv with the run's fingerprint, so you see which change helped.
+"""
+
+import json
+from pathlib import Path
+
+from pipeline.fid import score_folders
+from pipeline.runner import Stage, StageContext, StageResult
+from pipeline.scorebook import append_history, format_table
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.params.score
+    reference = ctx.project.root / cfg.reference if cfg.reference else ctx.inputs["pad"]
+    result = score_folders(ctx.inputs["generate"], reference, n=cfg.n,
+                           reference_n=cfg.reference_n, batch_size=cfg.batch_size,
+                           device=cfg.device, workers=cfg.workers,
+                           cache_dir=ctx.project.data / "cache", quiet=ctx.quiet)
+    score = result.as_dict()
+    (ctx.out_dir / "score.json").write_text(json.dumps(score, indent=2))
+    append_history(ctx.project.path("data/score/history.csv"), ctx.out_dir / "history.csv",
+                   score, ctx.upstream_fingerprints["generate"])
+    print(format_table(score), flush=True)
+    for warning in result.warnings:
+        print(f"warning: {warning}", flush=True)
+    return StageResult(f"FID {result.fid:.2f} on {result.n_generated:,} images "
+                       f"(see data/score/score.json)", {"fid": result.fid})
+
+
+STAGE = Stage(name="score", upstream=("generate", "pad"), section="score", output="data/score",
+              script=Path(__file__), run=run)

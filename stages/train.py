@@ -1,0 +1,39 @@
+"""train: fit the GAN on the training pack; resumable, on CUDA when present.
+
+    make train SET="train.kimg=200 train.width=1.0"
+    make train GPUS=2            # torchrun, DDP
+
+Checkpoints, grids, stats.jsonl and TensorBoard logs live in data/runs/<run>/, a folder chosen by
+everything but train.kimg: raising only the length continues the same run, and a killed run
+resumes from its last checkpoint. data/train/ receives the exported generator and the plots.
+"""
+
+import shutil
+from pathlib import Path
+
+from pipeline.runner import Stage, StageContext, StageResult
+from pipeline.training import train
+
+
+def run(ctx: StageContext) -> StageResult:
+    cfg = ctx.params.train
+    run_dir = ctx.project.data / "runs" / ctx.run_key(cfg, exclude=("kimg",))[:12]
+    report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet)
+
+    # Export: the generator and what a person looks at; the run folder keeps the rest.
+    shutil.copytree(report.generator_dir, ctx.out_dir / "generator")
+    for pattern in ("*.png", "stats.jsonl", "training_options.json"):
+        for path in run_dir.glob(pattern):
+            shutil.copy2(path, ctx.out_dir / path.name)
+    (ctx.out_dir / "run_dir.txt").write_text(str(run_dir.relative_to(ctx.project.root)))
+    resumed = f", resumed at {report.resumed_from_kimg:g} kimg" if report.resumed_from_kimg else ""
+    return StageResult(
+        f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{resumed} "
+        f"(see {run_dir.relative_to(ctx.project.root)})",
+        {"kimg": report.kimg_done, "steps": report.steps, "img_per_s": report.images_per_second,
+         **{f"loss_{k}": v for k, v in report.final_losses.items()}},
+    )
+
+
+STAGE = Stage(name="train", upstream=("augment",), section="train", output="data/train",
+              script=Path(__file__), run=run)

@@ -1,0 +1,163 @@
+"""The stage graph: content fingerprints, caching, rerun sets and atomic outputs.
+
+These tests use toy stages written as real script files (their source is part of the
+fingerprint) so they exercise the runner alone; tests/test_end_to_end.py runs the real stages.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_params
+from pipeline.runner import MANIFEST, Graph, Project, Stage, StageContext, StageResult, code_files
+
+PACKAGE_DIR = Path(__file__).resolve().parents[1] / "pipeline"
+
+SCRIPT = '''
+from pipeline.pack import PackInfo  # a pipeline import: part of the code fingerprint
+
+def run(ctx):
+    (ctx.out_dir / "value.txt").write_text(str(ctx.params.{section}.{key}))
+    log = ctx.project.root / "log.txt"
+    log.write_text(log.read_text() + "{name}\\n" if log.exists() else "{name}\\n")
+    if (ctx.project.root / "fail-{name}").exists():
+        (ctx.out_dir / "half.txt").write_text("half")
+        raise RuntimeError("killed half-way")
+    return {result}("done {name}", {{"value": 1}})
+'''
+
+
+def make_stage(tmp_path: Path, name: str, upstream: tuple[str, ...], section: str, key: str) -> Stage:
+    script = tmp_path / "stages" / f"{name}.py"
+    script.parent.mkdir(exist_ok=True)
+    if not script.exists():  # a test may have edited it: keep the edit
+        script.write_text(SCRIPT.format(section=section, key=key, name=name, result="StageResult"))
+    spec = importlib.util.spec_from_file_location(f"toy_{name}", script)
+    module = importlib.util.module_from_spec(spec)
+    module.StageResult = StageResult
+    spec.loader.exec_module(module)
+    return Stage(name=name, upstream=upstream, section=section, output=f"data/{name}",
+                 script=script, run=module.run)
+
+
+def toy_graph(tmp_path: Path, overrides: list[str] = ()) -> Graph:
+    stages = [
+        make_stage(tmp_path, "a", (), "pad", "size"),
+        make_stage(tmp_path, "b", ("a",), "train", "seed"),
+        make_stage(tmp_path, "c", ("b",), "generate", "count"),
+        make_stage(tmp_path, "d", ("c", "a"), "score", "batch_size"),
+    ]
+    params = load_params(tmp_path / "params.yaml", list(overrides))
+    return Graph(stages, Project(tmp_path), params, PACKAGE_DIR)
+
+
+def ran(tmp_path: Path) -> list[str]:
+    log = tmp_path / "log.txt"
+    names = log.read_text().split() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return names
+
+
+def test_first_run_runs_all_then_everything_is_cached(tmp_path, capsys):
+    toy_graph(tmp_path).run(["d"])
+    assert ran(tmp_path) == ["a", "b", "c", "d"]
+    toy_graph(tmp_path).run(["d"])
+    assert ran(tmp_path) == []
+    out = capsys.readouterr().out.splitlines()
+    assert out[-4:] == ["a: cached", "b: cached", "c: cached", "d: cached"]
+    assert out[0].startswith("a: done a, ")
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [("train.seed=3", ["b", "c", "d"]), ("score.batch_size=7", ["d"]),
+     ("pad.size=64", ["a", "b", "c", "d"]), ("generate.count=5", ["c", "d"])],
+)
+def test_changing_a_section_reruns_it_and_downstream_only(tmp_path, override, expected):
+    toy_graph(tmp_path).run(["d"])
+    ran(tmp_path)
+    graph = toy_graph(tmp_path, [override])
+    graph.run(["d"])
+    assert ran(tmp_path) == expected
+    key = override.split("=")[0]
+    assert (tmp_path / f"data/{expected[0]}/value.txt").read_text() == override.split("=")[1]
+    assert key.split(".")[1] in json.dumps(graph.manifest(expected[0])["params"])
+
+
+def test_editing_a_stage_script_reruns_it(tmp_path):
+    toy_graph(tmp_path).run(["d"])
+    ran(tmp_path)
+    script = tmp_path / "stages" / "c.py"
+    script.write_text(script.read_text() + "\n# an edit\n")
+    graph = toy_graph(tmp_path)
+    assert graph.state("c") == ("stale", "code changed")
+    assert graph.state("d")[0] == "stale" and "c changed" in graph.state("d")[1]
+    graph.run(["d"])
+    assert ran(tmp_path) == ["c", "d"]
+
+
+def test_code_fingerprint_follows_pipeline_imports(tmp_path):
+    stage = make_stage(tmp_path, "a", (), "pad", "size")
+    names = {p.name for p in code_files(stage.script, PACKAGE_DIR)}
+    assert {"a.py", "pack.py"} <= names
+    assert "config.py" not in names  # params enter the fingerprint as values instead
+
+
+def test_status_reports_which_param_changed(tmp_path):
+    toy_graph(tmp_path).run(["d"])
+    graph = toy_graph(tmp_path, ["train.seed=9"])
+    state, why = graph.state("b")
+    assert state == "stale" and "train.seed 0 -> 9" in why
+    assert graph.state("a") == ("cached", "")
+    assert toy_graph(tmp_path).state("d") == ("cached", "")
+    assert Graph([], Project(tmp_path / "empty"), graph.params, PACKAGE_DIR).order == []
+
+
+def test_failed_stage_keeps_previous_output_and_is_not_done(tmp_path):
+    toy_graph(tmp_path).run(["d"])
+    ran(tmp_path)
+    (tmp_path / "fail-b").touch()
+    graph = toy_graph(tmp_path, ["train.seed=4"])
+    with pytest.raises(RuntimeError):
+        graph.run(["d"])
+    # The previous good output is intact, still labelled with its old fingerprint.
+    assert (tmp_path / "data/b/value.txt").read_text() == "0"
+    assert not (tmp_path / "data/b/half.txt").exists()
+    assert graph.state("b")[0] == "stale"
+    (tmp_path / "fail-b").unlink()
+    ran(tmp_path)
+    toy_graph(tmp_path, ["train.seed=4"]).run(["d"])
+    assert ran(tmp_path) == ["b", "c", "d"]
+    assert not list((tmp_path / "data").glob(".b.partial-*"))
+
+
+def test_first_failed_run_leaves_no_output(tmp_path):
+    (tmp_path / "fail-a").touch()
+    graph = toy_graph(tmp_path)
+    with pytest.raises(RuntimeError):
+        graph.run(["a"])
+    assert not (tmp_path / "data/a" / MANIFEST).exists()
+    assert graph.state("a") == ("missing", "never ran")
+
+
+def test_force_reruns_only_the_named_stage(tmp_path):
+    toy_graph(tmp_path).run(["d"])
+    ran(tmp_path)
+    toy_graph(tmp_path).run(["c"], force=["c"])
+    assert ran(tmp_path) == ["c"]
+
+
+def test_stage_context_run_key_ignores_excluded_keys(tmp_path):
+    params_a = load_params(tmp_path / "p.yaml", ["train.kimg=10"])
+    params_b = load_params(tmp_path / "p.yaml", ["train.kimg=20"])
+    params_c = load_params(tmp_path / "p.yaml", ["train.seed=2"])
+
+    def key(params):
+        ctx = StageContext(Project(tmp_path), params, tmp_path, {}, "fp", {"augment": "x"}, "code")
+        return ctx.run_key(params.train, exclude=("kimg",))
+
+    assert key(params_a) == key(params_b) != key(params_c)
