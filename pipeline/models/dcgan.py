@@ -1,0 +1,115 @@
+"""The seeds' DCGAN-128 (seed 004, the Zalo motorbike RaLSGAN), generalised to 32..256 pixels.
+
+At size 128 and width 1.0 the layers are exactly seed 004's tables:
+  G: ConvT(nz->1024, 4,1,0) then 1024->512->256->128->64->32 (ConvT 4,2,1), each + BN + ReLU,
+     then ConvT(32->C, 3,1,1) with bias + tanh          13,275,939 parameters (nz=128, C=3)
+  D: Conv(C->32) LReLU, 32->64 LReLU, 64->128, 128->256, 256->512 each + BN + LReLU(0.2)
+     (all 4,2,1, bias-free), then Conv(512->1, 4,1,0)     2,796,800 parameters
+Other sizes add or drop a stride-2 block. Channels depend on the feature map's resolution, not on
+the image size (G: 4096/r, D: 2048/r at an r x r map), so a 64-pixel model is the 128-pixel one
+without its last block. `width` multiplies every channel count.
+
+Weights start from the DCGAN paper's N(0, 0.02) (BN scale N(1, 0.02)); the seed's notebook used
+PyTorch's defaults, which train too but less reliably with lr 8e-4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+SIZES = (32, 64, 128, 256)  # image sides (pixels) the conv stacks support
+G_BASE = 4096  # generator channels at an r x r map = G_BASE / r (1024 at 4x4)
+D_BASE = 2048  # discriminator channels at an r x r map = D_BASE / r (512 at 4x4)
+BN_BELOW = 32  # D blocks whose output map is smaller than this get BatchNorm (seed: 16, 8, 4)
+
+
+def channels_at(base: int, resolution: int, width: float) -> int:
+    """Channel count of a feature map of side `resolution` pixels."""
+    return max(1, round(base / resolution * width))
+
+
+def check_size(size: int) -> None:
+    """Raise ValueError unless `size` is one of SIZES (the registry turns it into a UserError)."""
+    if size not in SIZES:
+        raise ValueError(f"dcgan needs an image side of {', '.join(map(str, SIZES))}, not {size}")
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), BN scale N(1, 0.02) and shift 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def _up_block(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
+    """ConvTranspose (bias-free, BN follows) + BN + ReLU, as in the seed's `convlayer`."""
+    return [
+        nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _down_block(c_in: int, c_out: int, batchnorm: bool) -> list[nn.Module]:
+    """Conv 4x4 stride 2 (bias-free) [+ BN] + LeakyReLU(0.2): halves the map."""
+    block: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False)]
+    if batchnorm:
+        block.append(nn.BatchNorm2d(c_out))
+    block.append(nn.LeakyReLU(0.2, inplace=True))
+    return block
+
+
+class Generator(nn.Module):
+    """z (N, nz) -> images (N, C, size, size) in [-1, 1]."""
+
+    def __init__(self, size: int, channels: int, nz: int, width: float = 1.0) -> None:
+        super().__init__()
+        check_size(size)
+        self.nz = nz
+        resolutions = [2**i for i in range(2, int(math.log2(size)) + 1)]  # 4, 8, ..., size
+        widths = [channels_at(G_BASE, r, width) for r in resolutions]
+        # "Fully connected" first layer: a 1x1 latent becomes a 4x4 map.
+        layers = _up_block(nz, widths[0], 4, 1, 0)
+        # One stride-2 block per doubling: 4 -> 8 -> ... -> size.
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += _up_block(c_in, c_out, 4, 2, 1)
+        # To pixels at full resolution (the seed keeps this layer's bias).
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 3, 1, 1), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_dcgan_weights(self)
+
+    def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+        # truncation is ignored: DCGAN has no average latent to pull towards.
+        return self.model(z.reshape(-1, self.nz, 1, 1))  # (N, C, size, size)
+
+
+class Discriminator(nn.Module):
+    """images (N, C, size, size) in [-1, 1] -> raw logits (N,)."""
+
+    def __init__(self, size: int, channels: int, width: float = 1.0) -> None:
+        super().__init__()
+        check_size(size)
+        layers: list[nn.Module] = []
+        c_in, resolution = channels, size
+        # Halve the map until it is 4x4; the first block never has BN (DCGAN rule).
+        while resolution > 4:
+            resolution //= 2
+            c_out = channels_at(D_BASE, resolution, width)
+            batchnorm = bool(layers) and resolution < BN_BELOW
+            layers += _down_block(c_in, c_out, batchnorm)
+            c_in = c_out
+        # "Fully connected" last layer: a 4x4 map becomes one logit.
+        layers.append(nn.Conv2d(c_in, 1, 4, 1, 0, bias=False))
+        self.model = nn.Sequential(*layers)
+        init_dcgan_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).reshape(-1)  # (N, 1, 1, 1) -> (N,)

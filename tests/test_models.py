@@ -1,0 +1,204 @@
+"""Networks: the seeds' exact sizes, shapes and ranges for every family, saving and loading."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.config import TrainConfig
+from pipeline.errors import UserError
+from pipeline.models import (
+    MODELS,
+    ModelSpec,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    get_model,
+    load_generator,
+    save_generator,
+    spec_from_config,
+)
+
+
+def _spec(name: str, size: int, channels: int = 3, **extra: object) -> ModelSpec:
+    """A small spec: narrow networks so every shape test runs in well under a second."""
+    defaults: dict = {"nz": 16, "width": 1 / 16}
+    if name == "stylegan2":
+        defaults = {"nz": 16, "w_dim": 16, "channel_base": 256, "channel_max": 16}
+    return ModelSpec(name=name, size=size, channels=channels, **{**defaults, **extra})
+
+
+def test_dcgan_128_matches_seed_004_parameter_counts() -> None:
+    spec = ModelSpec("dcgan", size=128, channels=3, nz=128, width=1.0)
+    assert count_parameters(build_generator(spec)) == 13_275_939
+    assert count_parameters(build_discriminator(spec)) == 2_796_800
+
+
+def test_mlp_matches_seed_001_parameter_counts() -> None:
+    spec = ModelSpec("mlp", size=28, channels=1, nz=100, width=1.0)
+    # G: 100-256-512-1024-784 and D: 784-1024-512-256-1, all with biases
+    assert count_parameters(build_generator(spec)) == 1_486_352
+    assert count_parameters(build_discriminator(spec)) == 1_460_225
+
+
+CASES = [(name, size, channels) for name in MODELS for size in (32, 64, 128) for channels in (1, 3)]
+CASES += [("dcgan", 256, 3), ("mlp", 28, 1)]
+
+
+@pytest.mark.parametrize("name,size,channels", CASES)
+def test_shapes_and_ranges(name: str, size: int, channels: int) -> None:
+    torch.manual_seed(0)
+    spec = _spec(name, size, channels)
+    generator, discriminator = build_generator(spec).eval(), build_discriminator(spec)
+    with torch.no_grad():
+        images = generator(torch.randn(2, spec.nz), truncation=0.7)
+        logits = discriminator(images)
+    assert images.shape == (2, channels, size, size)
+    assert images.min() >= -1 and images.max() <= 1
+    assert logits.shape == (2,) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_inputs(name: str) -> None:
+    """Channels-last tensors (the GPU fast path) go through without .view errors."""
+    spec = _spec(name, 32)
+    generator = build_generator(spec).to(memory_format=torch.channels_last)
+    discriminator = build_discriminator(spec).to(memory_format=torch.channels_last)
+    images = generator(torch.randn(2, spec.nz)).contiguous(memory_format=torch.channels_last)
+    assert discriminator(images).shape == (2,)
+
+
+def test_bad_names_and_sizes_raise_user_errors() -> None:
+    with pytest.raises(UserError) as info:
+        get_model("dcgan128")
+    assert all(name in str(info.value) for name in ("mlp", "dcgan", "stylegan2"))
+    with pytest.raises(UserError, match="dcgan"):
+        build_generator(ModelSpec("dcgan", size=48, channels=3, nz=8))
+    with pytest.raises(UserError, match="channels"):
+        ModelSpec("dcgan", size=64, channels=2, nz=8)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    spec = _spec(name, 32)
+    generator = build_generator(spec).eval()
+    save_generator(generator, spec, tmp_path)
+    assert json.loads((tmp_path / "generator.json").read_text()) == asdict(spec)
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no leftovers
+    loaded, loaded_spec = load_generator(tmp_path, "cpu")
+    assert loaded_spec == spec and not loaded.training
+    z = torch.randn(3, spec.nz)
+    with torch.no_grad():
+        assert torch.equal(generator(z), loaded(z))
+
+
+def test_load_errors_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="train"):
+        load_generator(tmp_path)
+    spec = _spec("dcgan", 32)
+    save_generator(build_generator(spec), spec, tmp_path)
+    # Weights from a wider network do not fit the spec on disk.
+    wider = _spec("dcgan", 32, width=1 / 8)
+    torch.save(build_generator(wider).state_dict(), tmp_path / "generator.pt")
+    with pytest.raises(UserError, match="does not match"):
+        load_generator(tmp_path)
+
+
+def test_spec_from_config_uses_train_section() -> None:
+    config = TrainConfig(model="dcgan", nz=64, width=0.5)
+    spec = spec_from_config(config, size=64, channels=3)
+    assert (spec.name, spec.size, spec.channels, spec.nz, spec.width) == ("dcgan", 64, 3, 64, 0.5)
+    assert spec.channel_base == config.channel_base
+
+
+# ----------------------------------------------------------------------------------------------
+# StyleGAN2 properties
+
+
+def test_stylegan2_truncation_zero_gives_the_average_image() -> None:
+    """psi = 0 puts every latent at w_avg, so (with fixed noise) all images are the same."""
+    torch.manual_seed(2)
+    generator = build_generator(_spec("stylegan2", 32))
+    generator(torch.randn(8, 16))  # one training-mode pass moves w_avg off zero
+    generator.eval()
+    with torch.no_grad():
+        images = generator(torch.randn(4, 16), truncation=0.0)
+        free = generator(torch.randn(4, 16))
+    assert torch.allclose(images, images[:1].expand_as(images), atol=1e-6)
+    assert not torch.allclose(free, free[:1].expand_as(free), atol=1e-3)
+    assert generator.w_avg.abs().sum() > 0
+
+
+def test_stylegan2_demodulation_normalises_each_output_channel() -> None:
+    from pipeline.models.stylegan2 import ModulatedConv2d
+
+    torch.manual_seed(3)
+    conv = ModulatedConv2d(c_in=5, c_out=7, kernel=3, w_dim=6)
+    weight = conv.modulated_weight(torch.randn(4, 6) * 3)  # (N, out, in, k, k)
+    norms = weight.square().sum(dim=(2, 3, 4)).sqrt()  # (N, out)
+    assert torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
+
+
+@pytest.mark.parametrize("up", [False, True])
+def test_stylegan2_fused_and_unfused_modconv_agree(up: bool) -> None:
+    """The grouped-conv form (paper) and the scale-activations form compute the same thing."""
+    from pipeline.models.stylegan2 import ModulatedConv2d
+
+    torch.manual_seed(4)
+    conv = ModulatedConv2d(c_in=5, c_out=7, kernel=3, w_dim=6, up=up)
+    x, w = torch.randn(3, 5, 8, 8), torch.randn(3, 6)
+    unfused = conv(x, w)
+    conv.fused = True
+    assert unfused.shape == (3, 7, 16 if up else 8, 16 if up else 8)
+    assert torch.allclose(conv(x, w), unfused, atol=1e-5)
+
+
+def test_stylegan2_eval_is_reproducible_and_returns_ws() -> None:
+    """Eval mode uses the stored noise, so an image depends on its z alone (generate by seed)."""
+    torch.manual_seed(5)
+    generator = build_generator(_spec("stylegan2", 32)).eval()
+    z = torch.randn(3, 16)
+    with torch.no_grad():
+        batch = generator(z)
+        single = generator(z[1:2])
+        images, ws = generator(z, return_ws=True)
+    assert torch.allclose(batch[1:2], single, atol=1e-5)
+    assert torch.equal(images, batch) and ws.shape == (3, generator.num_ws, 16)
+
+
+def test_stylegan2_trains_a_step_with_r1_and_path_length() -> None:
+    """One D step (logistic + R1) and one G step (+ path length) stay finite and change weights."""
+    from pipeline.losses import get_loss, path_length_penalty, r1_penalty
+
+    torch.manual_seed(6)
+    spec = _spec("stylegan2", 32)
+    generator, discriminator = build_generator(spec), build_discriminator(spec)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-3, betas=(0.0, 0.99))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-3, betas=(0.0, 0.99))
+    loss = get_loss("nonsaturating")
+    reals = (torch.rand(4, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    # D step: logistic loss on reals and detached fakes, plus R1 on reals (gamma = 1).
+    real_logits = discriminator(reals)
+    fakes = generator(torch.randn(4, 16))
+    d_total = loss.d_loss(real_logits, discriminator(fakes.detach()))
+    d_total = d_total + 0.5 * r1_penalty(real_logits, reals)
+    opt_d.zero_grad()
+    d_total.backward()
+    opt_d.step()
+    # G step: non-saturating loss plus the path-length penalty through ws.
+    before = generator.blocks[-1].torgb.bias.detach().clone()
+    images, ws = generator(torch.randn(4, 16), return_ws=True)
+    penalty, mean_length = path_length_penalty(images, ws, torch.zeros(()))
+    g_total = loss.g_loss(None, discriminator(images)) + 2.0 * penalty
+    opt_g.zero_grad()
+    g_total.backward()
+    opt_g.step()
+    assert torch.isfinite(d_total) and torch.isfinite(g_total) and mean_length > 0
+    assert not torch.equal(before, generator.blocks[-1].torgb.bias)
+    params = list(generator.parameters()) + list(discriminator.parameters())
+    assert all(torch.isfinite(p).all() for p in params)
