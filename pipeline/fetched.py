@@ -33,7 +33,11 @@ def source_fingerprint(source: str, project_root: Path) -> str:
     path = path if path.is_absolute() else project_root / path
     digest = hashlib.sha256()
     if kind == "dir" and path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        # The pipeline's own outputs may sit inside a `dir:.` source: fetch skips them, so must we.
+        own = (project_root / "data").resolve(), (project_root / "submissions").resolve()
+        files = (p for p in path.rglob("*") if p.is_file()
+                 and not any(p.resolve().is_relative_to(folder) for folder in own))
+        for file in sorted(files):
             digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\n".encode())
     elif kind == "zip" and path.is_file():
         with path.open("rb") as handle:

@@ -1,0 +1,141 @@
+"""The real kaggle client end to end against a loopback fake of api.kaggle.com.
+
+Request, redirect, streamed download, caching and safe extraction all run for real; only the
+server is ours (tests/kaggle_server.py). Needs port 80 on 127.0.0.1 (tests run as root).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.errors import UserError
+from pipeline.sources import fetch
+from kaggle_server import FakeKaggle, port_free
+
+pytestmark = pytest.mark.skipif(bool(port_free()), reason=port_free() or "port 80 is free")
+
+NAMES = ["đồng hồ/Đồng hồ cổ 1.png", "đồng hồ/Đồng hồ cổ 2.png", "xe máy/xe máy.jpg"]
+
+
+def _image(name: str, i: int) -> bytes:
+    """A small real image whose format follows the name's extension."""
+    buffer = io.BytesIO()
+    fmt = "JPEG" if name.endswith(".jpg") else "PNG"
+    Image.new("RGB", (8 + i, 8), (40 * i, 90, 200)).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def images() -> dict[str, bytes]:
+    return {name: _image(name, i) for i, name in enumerate(NAMES)}
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+        zf.writestr("README.txt", "not an image")
+    return buffer.getvalue()
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Dummy legacy credentials, the LOCALHOST endpoint, and no trace of real user settings."""
+    for key in ("KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
+    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
+    monkeypatch.setenv("KAGGLE_KEY", "dummy-key")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    return tmp_path
+
+
+def _check_files(out: Path, images: dict[str, bytes]) -> None:
+    """Every image is on disk byte for byte and listed in files.csv with its sha256."""
+    table = pd.read_csv(out / "files.csv", keep_default_na=False)
+    kept = table[table.kind == "image"].set_index("path")
+    assert sorted(kept.index) == sorted(images)
+    for name, data in images.items():
+        assert (out / "files" / name).read_bytes() == data
+        assert kept.loc[name, "sha256"] == hashlib.sha256(data).hexdigest()
+        assert kept.loc[name, "bytes"] == len(data)
+    assert table[table.path == "README.txt"].reason.tolist() == ["not an image extension: .txt"]
+
+
+def test_dataset_download_extract_and_cache(env: Path, images: dict[str, bytes]) -> None:
+    downloads = env / "downloads"
+    with FakeKaggle(datasets={"tester/clocks": _zip(images)}) as fake:
+        report = fetch("kaggle:tester/clocks", env / "out1", downloads, quiet=True)
+        first = fake.paths()
+        # Same source again: the cached archive is used, the server sees nothing new.
+        again = fetch("kaggle:tester/clocks", env / "out2", downloads, quiet=True)
+        assert fake.paths() == first
+    assert first == [
+        "/api/v1/datasets.DatasetApiService/GetDatasetMetadata",
+        "/api/v1/datasets.DatasetApiService/DownloadDataset",
+        "/files/datasets/tester/clocks.zip",
+    ]
+    # Legacy credentials travel as HTTP basic auth on the RPCs.
+    basic = "Basic " + base64.b64encode(b"tester:dummy-key").decode()
+    assert fake.seen[1].auth == basic
+    assert fake.seen[1].body == {"ownerSlug": "tester", "datasetSlug": "clocks"}
+    assert report.n_images == len(images) and report.n_ignored == 1
+    assert report.license == again.license == "CC0-1.0"
+    assert report.archive == str(downloads / "kaggle/tester/clocks/clocks.zip")
+    _check_files(env / "out1", images)
+    _check_files(env / "out2", images)
+
+
+def test_dataset_version_and_bearer_token(env: Path, images: dict[str, bytes],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "dummy-token")
+    with FakeKaggle(datasets={"tester/clocks": _zip(images)}) as fake:
+        report = fetch("kaggle:tester/clocks@3", env / "out", env / "dl", limit=2, quiet=True)
+    download = [s for s in fake.seen if s.path.endswith("/DownloadDataset")]
+    assert download[0].body["datasetVersionNumber"] == 3
+    assert download[0].auth == "Bearer dummy-token"
+    # The token was checked with the server first, as the package does.
+    assert "/api/v1/security.OAuthService/IntrospectToken" in fake.paths()
+    assert report.n_images == 2  # limit: the first two by path
+    assert (env / "dl/kaggle/tester/clocks@3/clocks.zip").is_file()
+
+
+def test_competition_download(env: Path, images: dict[str, bytes]) -> None:
+    with FakeKaggle(competitions={"gan-contest": _zip(images)}) as fake:
+        report = fetch("kaggle-competition:gan-contest", env / "out", env / "dl", quiet=True)
+        fetch("kaggle-competition:gan-contest", env / "out2", env / "dl", quiet=True)
+    assert fake.paths() == ["/api/v1/competitions.CompetitionApiService/DownloadDataFiles",
+                            "/files/competitions/gan-contest.zip"]
+    assert report.kind == "kaggle-competition" and report.n_images == len(images)
+    _check_files(env / "out", images)
+
+
+def test_competition_rules_not_accepted(env: Path) -> None:
+    with FakeKaggle(forbidden={"closed"}), pytest.raises(UserError, match="accept the compet"):
+        fetch("kaggle-competition:closed", env / "out", env / "dl", quiet=True)
+
+
+def test_unknown_dataset_is_one_sentence(env: Path) -> None:
+    with FakeKaggle(), pytest.raises(UserError, match=r"404.*check the spelling"):
+        fetch("kaggle:tester/typo", env / "out", env / "dl", quiet=True)
+    # Nothing half-downloaded may count as cached afterwards.
+    assert not (env / "dl/kaggle/tester/typo/fetched.json").exists()
+
+
+def test_server_unreachable(env: Path) -> None:
+    # Port 80 is free (the skip condition), so nothing answers: what offline looks like.
+    with pytest.raises(UserError, match="cannot reach Kaggle"):
+        fetch("kaggle:tester/clocks", env / "out", env / "dl", quiet=True)
