@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.cropping import crop_images
 from pipeline.decisions import KEPT, count_by_reason, write_decisions
-from pipeline.detect import crop_with_yolo
+from pipeline.detect import configure_ultralytics, crop_with_yolo
 from pipeline.review import apply_reject_list, contact_sheet, read_reject_list
 from pipeline.runner import Project, Stage, StageContext, StageResult
 from pipeline.fetched import list_fetched_images
@@ -27,8 +27,14 @@ def run(ctx: StageContext) -> StageResult:
 
     images_dir = ctx.out_dir / "images"
     images_dir.mkdir()
-    crop = crop_with_yolo if cfg.method == "yolo" else crop_images
-    decisions = manual + crop(files, raw, images_dir, cfg, ctx.params.pad.max_pixels, ctx.quiet)
+    max_pixels = ctx.params.pad.max_pixels
+    if cfg.method == "yolo":
+        configure_ultralytics(ctx.project.data / "cache" / "ultralytics")
+        decisions = crop_with_yolo(files, raw, images_dir, cfg, max_pixels, ctx.quiet,
+                                   base_dir=ctx.project.root)
+    else:
+        decisions = crop_images(files, raw, images_dir, cfg, max_pixels, ctx.quiet)
+    decisions = manual + decisions
 
     write_decisions(decisions, ctx.out_dir / "decisions.csv")
     contact_sheet(decisions, images_dir, raw, ctx.out_dir / "contact_sheet.html")
