@@ -1,0 +1,224 @@
+"""Benchmark: seed 004's padding loop against pipeline.padding.pad_images on the same photos.
+
+Usage:
+    python bench/bench_pad.py --n 1000     # the full run (a few minutes on 2 cores)
+    python bench/bench_pad.py --n 50       # a smoke run
+
+Makes N synthetic JPEG "photos" (300-1,600 px a side, smooth noise plus shapes; cached under
+bench/out/photos/), then times, each in a fresh subprocess:
+  seed  seed 004's `padding_image` loop as written (matplotlib imread, cv2.resize,
+        copyMakeBorder, normalise to [-1, 1], matplotlib imsave as .jpg), one process;
+  ours  pad_images (decode safely, letterbox, PNG, dedupe) over every core, at N/10 and N,
+        whose peak resident memory (parent and largest worker) should not grow with N.
+It also reports how far each shrink lands from a full decode + INTER_AREA: our JPEG draft
+decoding against the seed's bilinear cv2.resize, which aliases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+PHOTOS = OUT / "photos"
+SIZE = 128  # output side, as in data/clean
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic photos
+
+
+def make_photo(index: int) -> None:
+    """Write photo `index` (deterministic): a smooth colour field, shapes, grain; JPEG q90."""
+    import cv2
+
+    path = PHOTOS / f"photo_{index:05d}.jpg"
+    if path.exists():
+        return
+    rng = np.random.default_rng(index)
+    width, height = (int(v) for v in rng.integers(300, 1601, size=2))
+    field = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)  # coarse colours, upsampled
+    image = cv2.resize(field, (width, height), interpolation=cv2.INTER_CUBIC)
+    for _ in range(8):  # a few solid shapes, like objects in a scene
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        centre = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        radius = int(rng.integers(10, max(11, min(width, height) // 3)))
+        if rng.random() < 0.5:
+            cv2.circle(image, centre, radius, colour, -1)
+        else:
+            corner = (centre[0] + radius, centre[1] + radius // 2)
+            cv2.rectangle(image, centre, corner, colour, -1)
+    grain = rng.normal(0, 8, image.shape)  # sensor-like noise keeps JPEGs photo-sized
+    image = np.clip(image + grain, 0, 255).astype(np.uint8)
+    tmp = path.with_suffix(".tmp.jpg")
+    cv2.imwrite(str(tmp), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    os.replace(tmp, path)
+
+
+def ensure_photos(n: int) -> list[Path]:
+    """The first n cached photos, making the missing ones on every core."""
+    PHOTOS.mkdir(parents=True, exist_ok=True)
+    missing = [i for i in range(n) if not (PHOTOS / f"photo_{i:05d}.jpg").exists()]
+    if missing:
+        print(f"making {len(missing)} synthetic photos in {PHOTOS} ...", flush=True)
+        with Pool(len(os.sched_getaffinity(0))) as pool:
+            pool.map(make_photo, missing, chunksize=8)
+    return [PHOTOS / f"photo_{i:05d}.jpg" for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The two contenders (each runs in a child process, see `child`)
+
+
+def seed_padding_image(img: str, desired_size: int) -> np.ndarray:
+    """Seed 004's `padding_image`, unchanged but for the size argument (kept verbatim, so its
+    comments and style are the seed's)."""
+    import cv2
+    import matplotlib.image as mpimg
+
+    im = mpimg.imread(img)
+    old_size = im.shape[:2]  # (height, width)
+    ratio = float(desired_size) / max(old_size)
+    new_size = tuple([int(x * ratio) for x in old_size])
+    im = cv2.resize(im, (new_size[1], new_size[0]))
+    delta_w = desired_size - new_size[1]
+    delta_h = desired_size - new_size[0]
+    top, bottom = delta_h // 2, delta_h - (delta_h // 2)
+    left, right = delta_w // 2, delta_w - (delta_w // 2)
+    color = [0, 0, 0]
+    new_im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=color)
+    new_im = (new_im - 127.5) / 127.5
+    return new_im
+
+
+def run_seed(files: list[Path], out_dir: Path) -> None:
+    """Seed 004's loop. Its imsave of [-1, 1] floats raises on the matplotlib installed here
+    (3.11), so the one change is mapping back to [0, 1] before saving."""
+    import matplotlib.image
+    from tqdm import tqdm
+
+    for i in tqdm(range(0, len(files)), desc="seed", disable=True):
+        img = seed_padding_image(str(files[i]), SIZE)
+        matplotlib.image.imsave(os.path.join(out_dir, f"image_{i:05d}.jpg"), (img + 1) / 2)
+
+
+def run_ours(files: list[Path], out_dir: Path) -> None:
+    from pipeline.config import PadConfig
+    from pipeline.padding import pad_images
+
+    # Defaults as in params.yaml (letterbox, dedupe on), one worker per usable core.
+    pad_images(files, PHOTOS, out_dir, PadConfig(size=SIZE, workers=0), quiet=True)
+
+
+def child(which: str, n: int) -> None:
+    """Run one contender on the first n photos; print seconds and peak RSS (MiB) as JSON."""
+    files = [PHOTOS / f"photo_{i:05d}.jpg" for i in range(n)]
+    out_dir = OUT / f"run_{which}_{n}"  # fresh each time: both write every output file
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    import matplotlib.image  # noqa: F401  (imports are not what we time)
+    import pipeline.padding  # noqa: F401
+
+    start = time.perf_counter()
+    (run_seed if which == "seed" else run_ours)(files, out_dir)
+    seconds = time.perf_counter() - start
+    # RUSAGE_CHILDREN covers the pool workers once they have been joined.
+    kib = 1024  # ru_maxrss is in KiB on Linux
+    print(json.dumps({
+        "seconds": seconds,
+        "outputs": len(list(out_dir.iterdir())),
+        "rss_parent_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib,
+        "rss_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib,
+    }))
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def measure(which: str, n: int) -> dict:
+    """Run `child` in a fresh interpreter so imports and memory start from zero."""
+    command = [sys.executable, __file__, "--child", which, "--n", str(n)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=BENCH.parent, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{which} run failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fidelity of draft decoding
+
+
+def fidelity(files: list[Path]) -> tuple[float, float]:
+    """Mean absolute difference (levels of 255) of the shrunk picture (bands excluded) from a
+    full decode shrunk with INTER_AREA to the same size: ours (JPEG draft decoding, then
+    INTER_AREA) and the seed's (full decode, bilinear cv2.resize, which aliases)."""
+    import cv2
+
+    from pipeline.images import letterbox_box, load_image
+
+    ours, seed = [], []
+    for path in files:
+        full, _ = load_image(path, 10**9)
+        height, width = full.shape[:2]
+        # Ours: the picture's box inside the letterbox, from the draft-decoded image.
+        x0, y0, x1, y1 = letterbox_box(height, width, SIZE)
+        fast, _ = load_image(path, 10**9, draft=SIZE)
+        mine = cv2.resize(fast, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        reference = cv2.resize(full, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        ours.append(np.abs(mine.astype(int) - reference).mean())
+        # Seed: its own (truncated) size, bilinear as in `padding_image`.
+        ratio = SIZE / max(height, width)
+        size = (int(width * ratio), int(height * ratio))
+        reference = cv2.resize(full, size, interpolation=cv2.INTER_AREA)
+        seed.append(np.abs(cv2.resize(full, size).astype(int) - reference).mean())
+    return float(np.mean(ours)), float(np.mean(seed))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="number of photos (default 1,000)")
+    parser.add_argument("--child", choices=["seed", "ours"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, str(BENCH.parent))  # import pipeline from this checkout
+    if args.child:
+        child(args.child, args.n)
+        return
+    # Photos first (cached), then each contender in its own interpreter.
+    files = ensure_photos(args.n)
+    megapixels = sum(_pixels(f) for f in files) / 1e6
+    cores = len(os.sched_getaffinity(0))
+    print(f"{args.n} JPEG photos, {megapixels:.0f} Mpx in all, {cores} usable CPU cores")
+    seed = measure("seed", args.n)
+    small = measure("ours", max(1, args.n // 10))
+    ours = measure("ours", args.n)
+    print(f"seed 004 loop (1 process): {seed['seconds']:7.1f} s "
+          f"{args.n / seed['seconds']:7.1f} img/s  peak RSS {seed['rss_parent_mib']:.0f} MiB")
+    print(f"pad_images (all cores):    {ours['seconds']:7.1f} s "
+          f"{args.n / ours['seconds']:7.1f} img/s  -> {seed['seconds'] / ours['seconds']:.1f}x")
+    # Flat memory: the N run should peak where the N/10 run did.
+    for label, run in ((f"N/10={max(1, args.n // 10)}", small), (f"N={args.n}", ours)):
+        print(f"peak RSS at {label:>9}: parent {run['rss_parent_mib']:.0f} MiB, "
+              f"largest worker {run['rss_worker_mib']:.0f} MiB ({run['outputs']} PNGs kept)")
+    ours_error, seed_error = fidelity(files[:20])
+    print(f"shrink error vs full decode + INTER_AREA (20 photos, levels of 255): "
+          f"ours {ours_error:.2f}, seed {seed_error:.2f}")
+
+
+def _pixels(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.width * im.height
+
+
+if __name__ == "__main__":
+    main()

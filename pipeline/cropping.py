@@ -1,0 +1,147 @@
+"""Crop stage work for `method: alpha | none`: normalise every source file into one PNG.
+
+Fetched datasets come in any layout, format and file name. This module decodes each file safely,
+crops transparent cut-outs (emoji renders, product shots) to their opaque extent, and writes one
+flat, readable PNG per kept image, so pad and later stages see a uniform folder. The YOLO method
+lives in pipeline/detect.py and reuses `flat_names` and `parallel_map` from here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing import Pool
+from pathlib import Path
+from typing import Any
+
+import cv2
+from tqdm import tqdm
+
+from pipeline.config import CropConfig
+from pipeline.decisions import Decision, kept, rejected
+from pipeline.images import alpha_bbox, load_image, save_png
+
+STAGE = "crop"
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; leave room for suffixes
+_UNSAFE = set('\\:*?"<>|') | {chr(c) for c in range(32)}  # risky on some file systems
+
+
+# ----------------------------------------------------------------------------------------------
+# Names and parallelism shared by the image stages
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
+def _flatten(rel: str) -> str:
+    """'Xe/xe máy đỏ 01.jpg' -> 'Xe__xe máy đỏ 01' (NFC, unsafe characters replaced)."""
+    # NFC: macOS writes decomposed accents; one spelling per name keeps names comparable.
+    parts = unicodedata.normalize("NFC", rel).split("/")
+    parts[-1] = os.path.splitext(parts[-1])[0] or parts[-1]
+    name = "__".join(parts)
+    name = "".join("_" if ch in _UNSAFE else ch for ch in name).strip()
+    if name.startswith("."):
+        name = "_" + name[1:]  # no hidden files
+    if len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        # Cut on a character boundary ("ignore" drops a split UTF-8 sequence), keep it unique.
+        name = name.encode("utf-8")[:MAX_NAME_BYTES - 10].decode("utf-8", "ignore")
+        name += "~" + _short_hash(rel)
+    return name or _short_hash(rel)
+
+
+def flat_names(rels: Sequence[str]) -> dict[str, str]:
+    """Map relative posix paths to unique flat PNG names, readable and deterministic.
+
+    Names that would collide (same stem with other extensions, case or Unicode forms, or a
+    folder joined the same way) all get '~' and 8 hex digits of their own path's hash.
+    """
+    flat = {rel: _flatten(rel) for rel in rels}
+    # Count case-folded names: 'A.png' and 'a.png' are one file on macOS and Windows.
+    counts: dict[str, int] = {}
+    for name in flat.values():
+        counts[name.casefold()] = counts.get(name.casefold(), 0) + 1
+    return {rel: (name if counts[name.casefold()] == 1 else f"{name}~{_short_hash(rel)}") + ".png"
+            for rel, name in flat.items()}
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (taskset, containers), not all the machine has."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per process: the pool already uses every core."""
+    cv2.setNumThreads(1)
+
+
+def parallel_map(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int, quiet: bool,
+                 desc: str) -> Iterator[Any]:
+    """Yield func(task) in task order, over `workers` processes (0 = one per usable CPU).
+
+    Chunked imap keeps memory flat: only a few chunks of small results are in flight. One
+    worker (or one task) runs in this process, which keeps tracebacks and profiles simple.
+    """
+    workers = workers or _usable_cpus()
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=quiet)
+    if workers == 1 or len(tasks) <= 1:
+        for task in tasks:
+            yield func(task)
+            bar.update()
+    else:
+        # Chunks amortise inter-process messages; >= 8 chunks per worker balance the load.
+        chunk = max(1, min(16, len(tasks) // (workers * 8)))
+        with Pool(workers, initializer=_init_worker) as pool:
+            for result in pool.imap(func, tasks, chunksize=chunk):
+                yield result
+                bar.update()
+    bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# The crop itself
+
+
+def _crop_one(task: tuple[str, str, str, int, float, int]) -> tuple[str, str]:
+    """Worker: decode, crop, write. Returns (reason, box); reason '' means kept."""
+    src, dst, method, threshold, margin, max_pixels = task
+    image, reason = load_image(Path(src), max_pixels)
+    if image is None:
+        return reason, ""
+    box = (0, 0, image.shape[1], image.shape[0])  # method none: the whole picture
+    if method == "alpha":
+        box = alpha_bbox(image, threshold, margin)
+        if box is None:
+            return "empty: fully transparent", ""
+        x0, y0, x1, y1 = box
+        image = image[y0:y1, x0:x1]
+        if image.shape[2] == 4 and image[:, :, 3].min() == 255:
+            image = image[:, :, :3]  # the crop is opaque throughout: alpha no longer matters
+    save_png(image, Path(dst), compress_level=1)  # scratch file for pad: favour speed
+    return "", " ".join(map(str, box))
+
+
+def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, max_pixels: int,
+                quiet: bool, workers: int = 0) -> list[Decision]:
+    """Write one PNG per usable file under `root` into `out_dir`; one Decision per file.
+
+    Rows come sorted by relative path; Decision.file is that path (posix), box "x0 y0 x1 y1"
+    in source pixels. `workers` processes (0 = one per CPU core).
+    """
+    if cfg.method not in ("alpha", "none"):
+        raise ValueError(f"crop method {cfg.method!r} is not handled here (yolo: pipeline.detect)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # Sorted relative paths fix both the row order and the name given to each output.
+    rels = sorted(Path(f).relative_to(root).as_posix() for f in files)
+    names = flat_names(rels)
+    # Tasks are plain tuples: cheap to pickle to the workers.
+    tasks = [(str(root / rel), str(out_dir / names[rel]), cfg.method, cfg.alpha_threshold,
+              cfg.margin, max_pixels) for rel in rels]
+    rows = []  # results arrive in task order, so zip pairs each with its file
+    for rel, (reason, box) in zip(rels, parallel_map(_crop_one, tasks, workers, quiet, STAGE)):
+        rows.append(rejected(rel, STAGE, reason) if reason else kept(rel, STAGE, box=box))
+    return rows
