@@ -15,7 +15,7 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.generate
     report = generate_images(ctx.inputs["train"] / "generator", ctx.out_dir, cfg.count,
                              cfg.batch_size, cfg.truncation, cfg.workers,
-                             ctx.params.train.device, ctx.quiet)
+                             cfg.device, ctx.quiet)
     resumed = f" ({report.skipped_existing:,} kept from a killed run)" if (
         report.skipped_existing) else ""
     return StageResult(f"{report.count:,} PNGs{resumed}", {"images": report.count})

@@ -16,7 +16,7 @@ from pipeline.submission import submit_to_kaggle, write_zip
 def run(ctx: StageContext) -> StageResult:
     cfg, params = ctx.params.package, ctx.params
     size = cfg.size or params.pad.size
-    mode = "L" if params.augment.grey else "RGB"
+    mode = cfg.mode
     report = write_zip(ctx.inputs["generate"], ctx.out_dir / cfg.name, params.generate.count,
                        size, mode, ctx.quiet)
     (ctx.out_dir / "validation.json").write_text(json.dumps(
