@@ -121,12 +121,12 @@ def _imported_pipeline_files(source_file: Path, package_dir: Path) -> set[Path]:
     files = set()
     for name in names:
         parts = name.split(".")
-        if parts[0] != package_dir.name:
+        if parts[0] != package_dir.name or len(parts) == 1:
             continue
-        relative = Path(*parts[1:]) if len(parts) > 1 else Path()
+        relative = Path(*parts[1:])
         for candidate in (package_dir / relative.with_suffix(".py"),
                           package_dir / relative / "__init__.py"):
-            if str(relative) != "." and candidate.is_file():
+            if candidate.is_file():
                 files.add(candidate)
     return files
 
