@@ -1,0 +1,146 @@
+"""Metric functions on synthetic feature arrays whose answers are known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pytorch_fid.fid_score import calculate_frechet_distance
+
+from pipeline import metrics
+from pipeline.fid import frechet_distance, statistics
+
+
+def gaussian(n: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """(n, dim) standard normal features, shifted by `shift` along every axis."""
+    return np.random.default_rng(seed).standard_normal((n, dim)) + shift
+
+
+# ----------------------------------------------------------------------------------------------
+# FID
+
+
+def test_fid_of_identical_sets_is_zero() -> None:
+    features = gaussian(300, 32, seed=0)
+    mu, sigma = statistics(features)
+    assert abs(frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+
+
+def test_fid_of_diagonal_gaussians_has_closed_form() -> None:
+    # N(m1, diag(a)) vs N(m2, diag(b)): |m1 - m2|^2 + sum (sqrt(a) - sqrt(b))^2
+    rng = np.random.default_rng(1)
+    m1, m2 = rng.standard_normal(16), rng.standard_normal(16)
+    a, b = rng.uniform(0.1, 4, 16), rng.uniform(0.1, 4, 16)
+    expected = np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(m1, np.diag(a), m2, np.diag(b)) == pytest.approx(expected, rel=1e-10)
+
+
+@pytest.mark.parametrize("n", [20, 400])  # rank-deficient (n < dim) and full-rank covariances
+def test_fid_equals_pytorch_fid_sqrtm(n: int) -> None:
+    x, y = gaussian(n, 64, seed=2), gaussian(n, 64, seed=3, shift=0.3) ** 2
+    mu1, s1 = statistics(x)
+    mu2, s2 = statistics(y)
+    reference = calculate_frechet_distance(mu1, s1, mu2, s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, abs=1e-6, rel=1e-8)
+
+
+# ----------------------------------------------------------------------------------------------
+# KID
+
+
+def test_kid_of_same_distribution_is_near_zero() -> None:
+    x, y = gaussian(400, 64, seed=4), gaussian(400, 64, seed=5)
+    same = metrics.kid(x, y, subsets=20, subset_size=200)
+    shifted = metrics.kid(x, gaussian(400, 64, seed=6, shift=0.5), subsets=20, subset_size=200)
+    assert abs(same.mean) < 0.02 * shifted.mean
+    assert shifted.mean > 10 * shifted.std > 0
+
+
+def test_kid_caps_subset_size_and_is_seeded() -> None:
+    x, y = gaussian(12, 8, seed=7), gaussian(30, 8, seed=8)
+    first = metrics.kid(x, y, subsets=5, subset_size=1000, seed=3)
+    assert first.subset_size == 12 and first.subsets == 5
+    assert metrics.kid(x, y, subsets=5, subset_size=1000, seed=3) == first
+    with pytest.raises(ValueError):
+        metrics.kid(x[:1], y, subsets=2)
+
+
+def test_kid_matches_direct_unbiased_formula() -> None:
+    # One subset covering both whole sets: compare with a plain double loop over pairs.
+    x, y = gaussian(6, 5, seed=9), gaussian(6, 5, seed=10, shift=0.2)
+    k = lambda a, b: (a @ b / 5 + 1) ** 3  # noqa: E731
+    m = 6
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m)) / (m * m)
+    assert metrics.kid(x, y, subsets=3).mean == pytest.approx(xx + yy - 2 * xy, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision and recall
+
+
+def test_precision_recall_of_identical_sets_is_one() -> None:
+    x = gaussian(200, 32, seed=11)
+    assert metrics.precision_recall(x, x.copy(), k=3) == (1.0, 1.0)
+
+
+def test_precision_recall_of_far_disjoint_sets_is_zero() -> None:
+    x, y = gaussian(200, 32, seed=12), gaussian(200, 32, seed=13, shift=100.0)
+    assert metrics.precision_recall(x, y, k=3) == (0.0, 0.0)
+
+
+def test_precision_recall_on_a_line() -> None:
+    # Reference: points 0..9 on one axis, so every k=1 ball has radius 1 (ends included).
+    dim = 4
+    ref = np.zeros((10, dim))
+    ref[:, 0] = np.arange(10)
+    gen = np.zeros((4, dim))
+    gen[:, 0] = [0.5, 4.2, 9.9, 50.0]  # three inside the reference manifold, one far away
+    precision, _ = metrics.precision_recall(gen, ref, k=1)
+    assert precision == pytest.approx(0.75)
+    assert np.allclose(metrics.knn_radii(ref, k=1), 1.0, atol=1e-5)  # squared radius 1
+
+
+# ----------------------------------------------------------------------------------------------
+# MiFID
+
+
+def test_memorization_distance_known_values() -> None:
+    ref = np.eye(8)[:4]  # four orthonormal rows
+    assert metrics.memorization_distance(ref * 3.0, ref) == pytest.approx(0.0, abs=1e-6)
+    assert metrics.memorization_distance(-ref, ref) == pytest.approx(0.0, abs=1e-6)  # |cos|
+    assert metrics.memorization_distance(np.eye(8)[4:], ref) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_mifid_penalises_copies_only() -> None:
+    ref = gaussian(50, 16, seed=14)
+    fresh = gaussian(50, 16, seed=15)
+    # distance above epsilon: MiFID = FID (up to the 1e-15 guard)
+    assert metrics.mifid(12.5, fresh, ref) == pytest.approx(12.5, rel=1e-12)
+    copies = ref + 1e-4 * gaussian(50, 16, seed=16)  # near-exact copies: distance ~0
+    distance = metrics.memorization_distance(copies, ref)
+    assert distance < metrics.MIFID_EPSILON
+    assert metrics.mifid(12.5, copies, ref) == pytest.approx(12.5 / distance, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cross-check with torchmetrics when present (not a dependency: skipped otherwise)
+
+
+def test_kid_agrees_with_torchmetrics() -> None:
+    torchmetrics_kid = pytest.importorskip("torchmetrics.image.kid")
+    import torch
+
+    x, y = gaussian(60, 2048, seed=17), gaussian(60, 2048, seed=18, shift=0.1)
+    ours = metrics.kid(x, y, subsets=1, subset_size=60)
+    # torchmetrics' polynomial kernel defaults to degree 3, gamma 1/D, coef 1: the same kernel.
+    theirs = torchmetrics_kid.poly_mmd(torch.from_numpy(x), torch.from_numpy(y))
+    assert ours.mean == pytest.approx(float(theirs), rel=1e-4)
+
+
+def test_kid_precomputed_kernel_equals_per_subset_kernels() -> None:
+    x, y = gaussian(80, 32, seed=19), gaussian(90, 32, seed=20, shift=0.3)
+    whole = metrics.kid(x, y, subsets=10, subset_size=50, seed=1)
+    per_subset = metrics.kid(x, y, subsets=10, subset_size=50, seed=1, max_kernel_entries=0)
+    assert whole.mean == pytest.approx(per_subset.mean, rel=1e-5)
+    assert whole.std == pytest.approx(per_subset.std, rel=1e-4)
