@@ -20,7 +20,7 @@ RUN = $(PY) -m pipeline run --params $(PARAMS) $(if $(strip $(SET)),--set "$(SET
 STAGES := fetch crop pad augment generate package score
 
 .DEFAULT_GOAL := help
-.PHONY: help all fid test test-fast $(STAGES) train status ingest-report params bench report \
+.PHONY: help all fid test test-fast $(STAGES) train status ingest-report params readme bench report \
         lint clean clean-all env
 
 help: ## list every target with one line
@@ -58,6 +58,9 @@ status: $(STAMP) ## each stage: cached, stale (and why) or missing
 
 ingest-report: status ## counts of kept and rejected images by reason
 
+report: $(STAMP) ## data/report/index.html: stages, dataset, training curves, samples, scores
+	@$(PY) -m pipeline report --params $(PARAMS) $(if $(strip $(SET)),--set "$(SET)") $(ARGS)
+
 params: $(STAMP) ## every parameter with its default and meaning
 	@$(PY) -m pipeline params
 
@@ -69,6 +72,9 @@ test-fast: $(STAMP) ## the tests not marked slow
 
 bench: $(STAMP) ## benchmarks against their baselines (long; see bench/RESULTS.md)
 	$(PY) bench/bench_pipeline.py
+
+readme: $(STAMP) ## regenerate the parameter table in README.md from pipeline/config.py
+	$(PY) -m pipeline params --update-readme README.md
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check pipeline stages tests bench

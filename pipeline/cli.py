@@ -8,12 +8,12 @@ Examples:
     python -m pipeline run pad --force              # rerun a stage even if cached
     python -m pipeline status                       # cached / stale (why) / missing
     python -m pipeline params                       # every parameter with its default
+    python -m pipeline report                       # data/report/index.html, a page to look at
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import sys
 from enum import Enum
@@ -47,8 +47,6 @@ def _graph(root: Path, params_file: Optional[Path], overrides: list[str]) -> Gra
     from stages import STAGES
 
     project = Project(root.resolve())
-    # Ultralytics would write its settings under ~/.config; keep everything in the project.
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(project.data / "cache" / "ultralytics"))
     params = load_params(params_file or project.params_file, overrides)
     package_dir = Path(__file__).resolve().parent
     return Graph(STAGES, project, params, package_dir)
@@ -102,11 +100,48 @@ def status(root: RootOption = Path("."), params: ParamsOption = None,
     _print_ingest_counts(graph)
 
 
+@app.command()
+def report(
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+    set_: SetOption = None,
+    open_: Annotated[bool, typer.Option("--open", help="open it in a web browser")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the path")] = False,
+) -> None:
+    """Write data/report/index.html (stages, dataset, training, samples, scores); print its path."""
+    from pipeline.report import write_report  # matplotlib and friends: only for this command
+
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    page = write_report(graph, graph.project.data / "report", quiet=quiet)
+    print(page)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(page.resolve().as_uri())
+
+
+README_START, README_END = "<!-- params:start -->", "<!-- params:end -->"
+
+
 @app.command("params")
-def params_doc(markdown: Annotated[bool, typer.Option(help="a Markdown table (README)")] = False
-               ) -> None:
+def params_doc(
+    markdown: Annotated[bool, typer.Option(help="a Markdown table (README)")] = False,
+    update_readme: Annotated[Optional[Path], typer.Option(
+        help="rewrite the table between the params markers of this README")] = None,
+) -> None:
     """Every parameter of params.yaml with its type, default and meaning."""
+    if update_readme:
+        update_readme.write_text(readme_with_params(update_readme.read_text(encoding="utf-8")),
+                                 encoding="utf-8")
+        return
     print(params_markdown() if markdown else params_text())
+
+
+def readme_with_params(readme: str) -> str:
+    """The README text with its parameter table regenerated."""
+    head, _, rest = readme.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    return f"{head}{README_START}\n{params_markdown()}{README_END}{tail}"
 
 
 def params_markdown() -> str:

@@ -53,11 +53,17 @@ class CropConfig:
     )
     alpha_threshold: int = knob(8, "alpha (0-255) above which a pixel counts as opaque")
     margin: float = knob(0.05, "extra border around the crop, as a fraction of its size")
-    weights: str = knob("yolo11n.pt", "YOLO weights (a COCO model; ultralytics downloads it online)")
+    weights: str = knob(
+        "yolo11n.pt", "YOLO weights: a local .pt (relative to the project root) or an "
+        "ultralytics COCO model name, downloaded there when online"
+    )
     classes: tuple[str, ...] = knob(("clock",), "COCO class names to keep (clock, motorcycle...)")
     conf: float = knob(0.25, "detection confidence threshold")
     max_objects: int = knob(1, "reject pictures with more confident objects than this")
-    min_box: float = knob(0.1, "reject boxes smaller than this fraction of the image side")
+    min_box: float = knob(
+        0.1, "reject when the largest box's longer side is below this fraction of the image's "
+        "shorter side"
+    )
     square: bool = knob(True, "expand the crop to a square around the object when possible")
     batch_size: int = knob(16, "images per YOLO inference batch")
     reject_list: str = knob("", "file of names to drop by hand, one a line ('' = none)")
@@ -107,11 +113,27 @@ class TrainConfig:
     keep_checkpoints: int = knob(2, "how many recent checkpoints to keep")
     device: Device = knob("auto", "auto = CUDA when present (AMP, TF32), else CPU")
     threads: int = knob(0, "CPU threads for torch (0 = torch's default)")
+    amp: Literal["auto", "off", "bf16", "fp16"] = knob(
+        "auto", "mixed precision: auto = bf16 on CUDA (fp16 + loss scaling on old GPUs), off on CPU"
+    )
+    deterministic: bool = knob(False, "bit-reproducible kernels (slower on CUDA; CPU already is)")
+    tick_kimg: float = knob(1.0, "kimg between progress ticks (one stats.jsonl line per tick)")
+    ema_rampup: float = knob(0.05, "EMA half-life at most this fraction of images seen (0 = none)")
+    label_flip: float = knob(0.0, "chance to swap a real and a fake in D's batch (seed 000: .1)")
+    instance_noise: float = knob(0.0, "std of Gaussian noise on D's inputs, [-1, 1] units (0 off)")
+    instance_noise_kimg: float = knob(10.0, "kimg over which instance noise falls linearly to 0")
+    diffaugment: str = knob("", "DiffAugment on reals and fakes: color,translation,cutout ('' off)")
+    augment_p: float = knob(1.0, "DiffAugment probability per image and op (when ada_target is 0)")
+    ada_target: float = knob(0.0, "adapt p so E[sign D(reals)] stays near this (ADA 0.6, 0 fixed)")
+    ada_kimg: float = knob(100.0, "kimg for the adaptive p to travel from 0 to 1 (ADA: 500)")
+    collapse_ratio: float = knob(
+        0.25, "warn when fixed-noise sample diversity falls below this fraction of its best (0 off)"
+    )
     # StyleGAN2 only (model: stylegan2); mlp and dcgan ignore these.
     w_dim: int = knob(128, "StyleGAN2 intermediate latent (w) size")
     mapping_layers: int = knob(2, "StyleGAN2 mapping network depth (z -> w); ADA uses 2")
-    channel_base: int = knob(8192, "StyleGAN2 channels at an r x r map = channel_base / r ...")
-    channel_max: int = knob(256, "... capped at channel_max (official 256px: 16384 and 512)")
+    channel_base: int = knob(4096, "StyleGAN2 channels at an r x r map = channel_base / r ...")
+    channel_max: int = knob(128, "... capped at channel_max (paper, on a GPU: 16384 and 512)")
     style_mixing: float = knob(0.9, "StyleGAN2 probability of mixing two latents per batch")
     r1_gamma: float = knob(1.0, "R1 penalty weight on reals (StyleGAN2; 0 = off)")
     pl_weight: float = knob(0.0, "path-length regularisation weight (StyleGAN2; 0 = off, ref 2)")
@@ -123,6 +145,7 @@ class GenerateConfig:
     batch_size: int = knob(250, "images per generator forward pass")
     truncation: float = knob(1.0, "truncation psi (StyleGAN2 only; 1 = none)")
     workers: int = knob(0, "PNG encoding processes (0 = one per CPU core)")
+    device: Device = knob("auto", "auto = CUDA when present, else CPU")
 
 
 @dataclass(frozen=True)
@@ -132,6 +155,8 @@ class PackageConfig:
     submit: bool = knob(False, "submit the zip with the kaggle client after validating it")
     competition: str = knob("", "Kaggle competition to submit to when submit is true")
     message: str = knob("gan-pipeline submission", "submission message")
+    mode: Literal["RGB", "L"] = knob("RGB", "image mode required in the zip: RGB (competitions) "
+                                     "or L (grey, e.g. MNIST models)")
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,9 @@ class ScoreConfig:
     batch_size: int = knob(50, "images per Inception forward pass (does not change the score)")
     device: Device = knob("auto", "auto = CUDA when present, else CPU")
     workers: int = knob(0, "decoding processes (0 = one per CPU core)")
+    kid_subsets: int = knob(100, "KID: random subsets averaged (the spread gives kid_std)")
+    kid_subset_size: int = knob(1000, "KID: images per subset (capped by the smaller set)")
+    pr_k: int = knob(3, "precision/recall: k of the k-nearest-neighbour manifolds")
 
 
 @dataclass(frozen=True)
@@ -297,6 +325,19 @@ def validate_section(section: str, config: Any, origin: str) -> None:
         need(config.snapshot_kimg > 0, "snapshot_kimg", "a number > 0")
         need(config.keep_checkpoints >= 1, "keep_checkpoints", "1 or more")
         need(config.threads >= 0, "threads", "0 (default) or more")
+        need(config.tick_kimg > 0, "tick_kimg", "a number > 0")
+        need(config.ema_rampup >= 0, "ema_rampup", "0 (off) or more")
+        need(0 <= config.label_flip < 0.5, "label_flip", "a probability in [0, 0.5)")
+        need(config.instance_noise >= 0, "instance_noise", "0 (off) or more")
+        need(config.instance_noise_kimg > 0, "instance_noise_kimg", "a number > 0")
+        # The op names of pipeline.diffaug.OPS (not imported: config stays free of torch).
+        need(all(op.strip() in ("color", "translation", "cutout")
+                 for op in config.diffaugment.split(",") if op.strip()),
+             "diffaugment", "comma-separated ops from color, translation, cutout ('' = off)")
+        need(0 <= config.augment_p <= 1, "augment_p", "a probability in [0, 1]")
+        need(0 <= config.ada_target < 1, "ada_target", "a number in [0, 1) (0 = fixed p)")
+        need(config.ada_kimg > 0, "ada_kimg", "a number > 0")
+        need(0 <= config.collapse_ratio < 1, "collapse_ratio", "a number in [0, 1) (0 = off)")
         need(config.w_dim >= 1, "w_dim", "1 or more")
         need(1 <= config.mapping_layers <= 8, "mapping_layers", "1..8")
         need(config.channel_base >= 32, "channel_base", "32 or more")
@@ -319,6 +360,9 @@ def validate_section(section: str, config: Any, origin: str) -> None:
         need(config.reference_n >= 0, "reference_n", "0 (all) or more")
         need(config.batch_size >= 1, "batch_size", "1 or more")
         need(config.workers >= 0, "workers", "0 (auto) or more")
+        need(config.kid_subsets >= 1, "kid_subsets", "1 or more")
+        need(config.kid_subset_size >= 2, "kid_subset_size", "2 or more")
+        need(config.pr_k >= 1, "pr_k", "1 or more")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ class Stage:
     # Inputs that params cannot see (e.g. the content of a reject-list file): a string hashed
     # into the fingerprint, so editing such a file reruns the stage and what follows.
     extra_fingerprint: Callable[[Params, Project], str] | None = None
+    # Keys of other sections the stage reads ("pad.max_pixels"): part of its fingerprint too.
+    reads: tuple[str, ...] = ()
 
 
 def _hash(parts: Sequence[str]) -> str:
@@ -186,7 +188,11 @@ class Graph:
             upstream = [self.fingerprint(u) for u in stage.upstream]
             extra = stage.extra_fingerprint(self.params, self.project) if (
                 stage.extra_fingerprint) else ""
-            self._fingerprints[name] = _hash([name, section, self.code(name), extra, *upstream])
+            borrowed = json.dumps({key: _jsonable(getattr(getattr(self.params, key.split(".")[0]),
+                                                          key.split(".")[1]))
+                                   for key in stage.reads}, sort_keys=True)
+            self._fingerprints[name] = _hash([name, section, self.code(name), extra, borrowed,
+                                              *upstream])
         return self._fingerprints[name]
 
     def needed(self, targets: Sequence[str]) -> list[str]:

@@ -28,4 +28,4 @@ def run(ctx: StageContext) -> StageResult:
 
 
 STAGE = Stage(name="augment", upstream=("pad",), section="augment", output="data/pack",
-              script=Path(__file__), run=run)
+              script=Path(__file__), run=run, reads=("pad.size",))

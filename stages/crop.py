@@ -56,4 +56,5 @@ def extra_fingerprint(params, project: Project) -> str:
 
 
 STAGE = Stage(name="crop", upstream=("fetch",), section="crop", output="data/crop",
-              script=Path(__file__), run=run, extra_fingerprint=extra_fingerprint)
+              script=Path(__file__), run=run, extra_fingerprint=extra_fingerprint,
+              reads=("pad.max_pixels",))

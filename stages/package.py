@@ -35,4 +35,4 @@ def run(ctx: StageContext) -> StageResult:
 
 
 STAGE = Stage(name="package", upstream=("generate",), section="package", output="submissions",
-              script=Path(__file__), run=run)
+              script=Path(__file__), run=run, reads=("pad.size", "generate.count"))

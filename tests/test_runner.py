@@ -161,3 +161,16 @@ def test_stage_context_run_key_ignores_excluded_keys(tmp_path):
         return ctx.run_key(params.train, exclude=("kimg",))
 
     assert key(params_a) == key(params_b) != key(params_c)
+
+
+def test_keys_read_from_other_sections_enter_the_fingerprint(tmp_path):
+    def graph(overrides):
+        stage = make_stage(tmp_path, "a", (), "crop", "method")
+        stage = Stage(stage.name, stage.upstream, stage.section, stage.output, stage.script,
+                      stage.run, reads=("pad.max_pixels",))
+        return Graph([stage], Project(tmp_path), load_params(tmp_path / "p.yaml", overrides),
+                     PACKAGE_DIR)
+
+    base = graph([]).fingerprint("a")
+    assert graph(["pad.size=64"]).fingerprint("a") == base  # a key it does not read
+    assert graph(["pad.max_pixels=100"]).fingerprint("a") != base

