@@ -6,6 +6,7 @@ would set (RANK, WORLD_SIZE, ...), so `init_from_env` takes its real path.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import socket
@@ -68,13 +69,16 @@ def _d_gradients(dist: Dist) -> dict[str, torch.Tensor]:
 
 def _worker(rank: int, port: int, root: str, kimg: float, with_grads: bool) -> None:
     """One torchrun-like rank: optionally the D-step gradients, then `train` up to `kimg`."""
+    # A hung collective must fail the test, not stall it: dump stacks and exit after 3 min.
+    faulthandler.dump_traceback_later(180, exit=True)
     _torchrun_env(rank, port)
+    # One process group for the whole worker (`train` reuses it): tearing a group down and
+    # rendezvousing again on the same port can race between the ranks.
+    dist = init_from_env("cpu")
     if with_grads:
-        dist = init_from_env("cpu")
         grads = _d_gradients(dist)
         if rank == 0:
             torch.save(grads, Path(root) / "grads.pt")
-        shutdown(dist)
     from pipeline.training import train
 
     cfg = TrainConfig(model="dcgan", loss="ralsgan", kimg=kimg, batch_size=8, width=0.125,
@@ -83,6 +87,8 @@ def _worker(rank: int, port: int, root: str, kimg: float, with_grads: bool) -> N
     report = train(cfg, Path(root) / "pack", Path(root) / "run", quiet=True)
     (Path(root) / f"report{rank}.json").write_text(json.dumps(
         {"kimg": report.kimg_done, "steps": report.steps, "resumed": report.resumed_from_kimg}))
+    shutdown(dist)
+    faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="module")
