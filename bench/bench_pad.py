@@ -128,6 +128,7 @@ def child(which: str, n: int) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     import matplotlib.image  # noqa: F401  (imports are not what we time)
+
     import pipeline.padding  # noqa: F401
 
     start = time.perf_counter()

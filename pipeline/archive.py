@@ -19,9 +19,10 @@ import unicodedata
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from tqdm import tqdm
 

@@ -13,12 +13,16 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import shutil
 import sys
+import time
+from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, TextIO
 
 import typer
 
@@ -36,13 +40,13 @@ StageName = Enum("StageName", {name: name for name in STAGE_NAMES}, type=str)  #
 
 RootOption = Annotated[Path, typer.Option("--root", help="project folder (holds data/)",
                                           show_default=False)]
-ParamsOption = Annotated[Optional[Path], typer.Option(
+ParamsOption = Annotated[Path | None, typer.Option(
     "--params", "-p", help="params file (default: ROOT/params.yaml)")]
-SetOption = Annotated[Optional[list[str]], typer.Option(
+SetOption = Annotated[list[str] | None, typer.Option(
     "--set", "-s", help="override one parameter, e.g. --set train.seed=3 (repeatable)")]
 
 
-def _graph(root: Path, params_file: Optional[Path], overrides: list[str]) -> Graph:
+def _graph(root: Path, params_file: Path | None, overrides: list[str]) -> Graph:
     """Load params, then build the stage graph (stages are imported here, and only here)."""
     from stages import STAGES
 
@@ -75,7 +79,8 @@ def _split_overrides(values: list[str]) -> list[str]:
 def run(
     stages: Annotated[list[StageName], typer.Argument(help="stage(s) to bring up to date")],
     set_: SetOption = None,
-    force: Annotated[bool, typer.Option("--force", help="rerun the named stages even if cached")] = False,
+    force: Annotated[bool, typer.Option(
+        "--force", help="rerun the named stages even if cached")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
     root: RootOption = Path("."),
     params: ParamsOption = None,
@@ -83,7 +88,43 @@ def run(
     """Run the named stages and whatever upstream of them is not cached."""
     graph = _graph(root, params, _split_overrides(set_ or []))
     names = [s.value for s in stages]
-    graph.run(names, force=names if force else (), quiet=quiet)
+    with log_to_file(graph.project.data / "logs", names):
+        graph.run(names, force=names if force else (), quiet=quiet)
+
+
+@contextlib.contextmanager
+def log_to_file(folder: Path, names: list[str]) -> Iterator[None]:
+    """Copy what the run prints (summary lines, tables, warnings) to data/logs/<time>-<stages>.log.
+
+    Progress bars go to the terminal only: their carriage-return redraws would bury the log.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(names)}.log"
+    with path.open("a", encoding="utf-8") as log:
+        original = sys.stdout
+        sys.stdout = _Tee(original, log)
+        try:
+            yield
+        except Exception as error:  # noqa: BLE001 - recorded, then re-raised unchanged
+            log.write(f"error: {error}\n")
+            raise
+        finally:
+            sys.stdout = original
+
+
+class _Tee(io.TextIOBase):
+    """A text stream that writes to the terminal and to a log file."""
+
+    def __init__(self, terminal: TextIO, log: TextIO) -> None:
+        self.terminal, self.log = terminal, log
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        return self.terminal.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.terminal.flush()
 
 
 @app.command()
@@ -126,7 +167,7 @@ README_START, README_END = "<!-- params:start -->", "<!-- params:end -->"
 @app.command("params")
 def params_doc(
     markdown: Annotated[bool, typer.Option(help="a Markdown table (README)")] = False,
-    update_readme: Annotated[Optional[Path], typer.Option(
+    update_readme: Annotated[Path | None, typer.Option(
         help="rewrite the table between the params markers of this README")] = None,
 ) -> None:
     """Every parameter of params.yaml with its type, default and meaning."""

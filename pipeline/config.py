@@ -71,7 +71,8 @@ class CropConfig:
 
 @dataclass(frozen=True)
 class PadConfig:
-    size: int = knob(128, "output side in pixels: 32, 64, 128 or 256 (28 for the MNIST teaching mode)")
+    size: int = knob(
+        128, "output side in pixels: 32, 64, 128 or 256 (28 for the MNIST teaching mode)")
     mode: Literal["letterbox", "resize", "center-crop"] = knob(
         "letterbox", "letterbox keeps the whole object on a background (seed 004: best FID)"
     )

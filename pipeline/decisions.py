@@ -21,7 +21,7 @@ class Decision:
     file: str  # path relative to the stage's input folder (unique per image)
     stage: str  # fetch | crop | pad
     decision: str  # KEPT or REJECTED
-    reason: str = ""  # why rejected ("corrupt: ...", "duplicate of X", "no clock found"); "" if kept
+    reason: str = ""  # why rejected ("corrupt: ...", "duplicate of X"); "" if kept
     box: str = ""  # crop box "x0 y0 x1 y1" in source pixels, "" if none
     score: float | None = None  # detector confidence, when a detector decided
     output: str = ""  # name of the file this stage wrote for a kept image, "" if none
@@ -55,6 +55,15 @@ def count_by_reason(rows: list[Decision]) -> dict[str, int]:
             family = r.reason.split(":")[0].split(" of ")[0].strip()
             counts[family] = counts.get(family, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def summarize(rows: list[Decision], record: str) -> tuple[str, dict[str, int]]:
+    """The stage's summary line ("2,616 kept, 775 rejected (773 duplicate, ...) (see X)")."""
+    n_kept = sum(r.decision == KEPT for r in rows)
+    reasons = ", ".join(f"{n:,} {why}" for why, n in count_by_reason(rows).items())
+    text = f"{n_kept:,} kept, {len(rows) - n_kept:,} rejected"
+    text += (f" ({reasons})" if reasons else "") + f" (see {record})"
+    return text, {"kept": n_kept, "rejected": len(rows) - n_kept}
 
 
 def consolidate_decisions(crop_rows: pd.DataFrame, pad_rows: list[Decision]) -> pd.DataFrame:

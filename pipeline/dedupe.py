@@ -15,7 +15,6 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-
 COLOUR_TOLERANCE = 12  # mean-colour difference (levels of 255) still counted as the same picture
 
 

@@ -13,7 +13,7 @@ otherwise. All randomness comes from torch's global generator, which checkpoints
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pipeline import inception, metrics
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 
 # Named in cache keys and file names (clean-fid's habit): PIL RGB decode, [0, 1] float,
@@ -73,15 +74,6 @@ def files_digest(files: Sequence[Path]) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # Devices and workers
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is a UserError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("score.device is 'cuda' but no CUDA GPU is visible; set it to auto or cpu.")
-    return torch.device(device)
 
 
 def auto_workers(workers: int) -> int:
@@ -503,7 +495,7 @@ def score_folders(
         notes.append(f"asked to score {n:,} images but {generated} holds {len(all_files):,}")
 
     # Network and reference (cached statistics, or computed once now)
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "score.device")
     weights = inception.resolve_weights(cache_dir)
     model = inception.load_inception(weights, torch_device)
     ref = load_reference(

@@ -19,16 +19,17 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.device import resolve_device
 from pipeline.errors import UserError
 from pipeline.models import load_generator
 
@@ -88,15 +89,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     pixels = images.float().mul(127.5).add(127.5).clamp(0, 255).round().to(torch.uint8)
     pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
     return pixels[..., 0] if pixels.shape[-1] == 1 else pixels  # PIL wants (H, W) for mode L
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; 'cuda' without a GPU is the user's error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("generate.device is 'cuda' but no CUDA GPU is visible; use auto or cpu")
-    return torch.device(device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +202,7 @@ def generate_images(
     workers = workers or os.cpu_count() or 1
     # Start the encoding processes before the model is loaded, so forked workers stay small.
     with _pool_context().Pool(workers) as pool:
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(device, "generate.device")
         generator, spec = load_generator(generator_dir, torch_device)  # in eval mode
         # Resume: only images without a complete file of the right size and mode are made.
         _remove_stale_parts(out_dir, mine)

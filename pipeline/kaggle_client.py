@@ -12,8 +12,9 @@ import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from pipeline.archive import sha256_file
 from pipeline.errors import UserError

@@ -17,7 +17,8 @@ small class with `d_loss(real_logits, fake_logits, real_label)` and `g_loss(...)
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F

@@ -15,9 +15,10 @@ import random
 import shutil
 import time
 import zipfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from PIL import Image
 from pipeline.decisions import count_by_reason, read_decisions, rejected
 from pipeline.images import composite, load_image
 from pipeline.plots import make_grid, read_stats
-from pipeline.runner import Graph
+from pipeline.runner import Graph, swap_into_place
 
 MAKE_TARGETS = {"score": "fid"}  # stage -> make target, where they differ
 THUMB = 72  # thumbnail side in pixels (longer side)
@@ -627,11 +628,6 @@ def write_report(graph: Graph, out_dir: Path, quiet: bool = False) -> Path:
     partial.mkdir(parents=True)
     page = Page(graph=graph, folder=partial, quiet=quiet)
     (partial / "index.html").write_text(render_page(page), encoding="utf-8")
-    old = out_dir.parent / f".{out_dir.name}.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    partial.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_into_place(partial, out_dir)
     page.log(f"{len(page.pictures)} pictures beside the page")
     return out_dir / "index.html"

@@ -20,9 +20,10 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from pipeline.config import Params, canonical
 
@@ -284,7 +285,7 @@ class Graph:
         }
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         (partial / ".gitkeep").touch()  # the folder itself is kept in git
-        _swap_into_place(partial, final)
+        swap_into_place(partial, final)
         print(f"{name}: {result.summary}, {_format_seconds(seconds)}", flush=True)
 
     def _context(self, name: str, out_dir: Path, quiet: bool) -> StageContext:
@@ -310,8 +311,8 @@ class Graph:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _swap_into_place(partial: Path, final: Path) -> None:
-    """Replace `final` by `partial`. A kill in between leaves no output, never a mixed one."""
+def swap_into_place(partial: Path, final: Path) -> None:
+    """Replace folder `final` by `partial`. A kill in between leaves no output, never a mix."""
     trash = final.parent / f".{final.name}.old"
     shutil.rmtree(trash, ignore_errors=True)
     if final.exists():

@@ -47,7 +47,8 @@ def format_table(score: dict[str, Any]) -> str:
         ("MiFID", _fmt(score.get("mifid"), 2)),
         ("N generated", _fmt(score.get("n_generated"), 0)),
         ("N reference", _fmt(score.get("n_reference"), 0)),
-        ("weights", f"{score.get('weights_source', '?')} ({str(score.get('weights_sha256'))[:12]})"),
+        ("weights", f"{score.get('weights_source', '?')} "
+                    f"({str(score.get('weights_sha256'))[:12]})"),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)

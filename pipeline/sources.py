@@ -25,8 +25,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import kaggle_client
-from pipeline.archive import (BEYOND_LIMIT, IGNORED, IMAGE, SPECIAL, FileRecord, copy_hashed,
-                              count_reasons, ignore_reason, safe_extract, sha256_file)
+from pipeline.archive import (
+    BEYOND_LIMIT,
+    IGNORED,
+    IMAGE,
+    SPECIAL,
+    FileRecord,
+    copy_hashed,
+    count_reasons,
+    ignore_reason,
+    safe_extract,
+    sha256_file,
+)
 from pipeline.errors import UserError
 
 SOURCE_FORMS = (

@@ -32,10 +32,11 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from tqdm import tqdm
 
 from pipeline import checkpoint as ckpt
 from pipeline.config import TrainConfig
+from pipeline.device import resolve_device
 from pipeline.diffaug import AdaptiveP, diff_augment, parse_policy
 from pipeline.distributed import (
     Dist,
@@ -116,15 +118,6 @@ class Precision:
         if self.dtype is not torch.float16:
             return None
         return torch.amp.GradScaler(self.device.type)
-
-
-def resolve_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
-    """cfg.device 'auto' -> CUDA (this rank's GPU) when available, else CPU."""
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device is 'cuda' but no CUDA GPU is visible; use auto or cpu")
-    if cfg.device == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank)
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> Precision:
@@ -510,7 +503,7 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     start_time = time.perf_counter()
 
     # ------------------------------------------------------------------ setup: device, data
-    device = resolve_device(cfg, dist.local_rank)
+    device = resolve_device(cfg.device, "train.device", dist.local_rank)
     precision = resolve_precision(cfg, device)
     configure_backends(cfg, device)
     images, info = open_pack(pack_dir)  # (N, H, W, C) uint8, memory-mapped
@@ -715,7 +708,7 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
                 loss_d, loss_g, real_logits.mean(), fake_logits.mean(),
                 (real_logits > 0).float().mean(), (fake_logits < 0).float().mean(),
                 torch.ones((), device=device)])
-            bar.update(cfg.batch_size)
+            bar.update(min(cfg.batch_size, target_images - bar.n))  # tqdm breaks past total
 
             # -- 6. tick: stats, NaN guard, diversity, snapshot, checkpoint
             done = images_seen >= target_images

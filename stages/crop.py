@@ -12,11 +12,11 @@ import hashlib
 from pathlib import Path
 
 from pipeline.cropping import crop_images
-from pipeline.decisions import KEPT, count_by_reason, write_decisions
+from pipeline.decisions import summarize, write_decisions
 from pipeline.detect import configure_ultralytics, crop_with_yolo
+from pipeline.fetched import list_fetched_images
 from pipeline.review import apply_reject_list, contact_sheet, read_reject_list
 from pipeline.runner import Project, Stage, StageContext, StageResult
-from pipeline.fetched import list_fetched_images
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -38,13 +38,7 @@ def run(ctx: StageContext) -> StageResult:
 
     write_decisions(decisions, ctx.out_dir / "decisions.csv")
     contact_sheet(decisions, images_dir, raw, ctx.out_dir / "contact_sheet.html")
-    n_kept = sum(d.decision == KEPT for d in decisions)
-    reasons = ", ".join(f"{n:,} {why}" for why, n in count_by_reason(decisions).items())
-    return StageResult(
-        f"{n_kept:,} kept, {len(decisions) - n_kept:,} rejected"
-        + (f" ({reasons})" if reasons else "") + " (see data/crop/decisions.csv)",
-        {"kept": n_kept, "rejected": len(decisions) - n_kept},
-    )
+    return StageResult(*summarize(decisions, "data/crop/decisions.csv"))
 
 
 def extra_fingerprint(params, project: Project) -> str:

@@ -9,8 +9,8 @@ its size, sha256 and whether it was ignored and why). Downloads are cached in da
 
 from pathlib import Path
 
-from pipeline.runner import Project, Stage, StageContext, StageResult
 from pipeline.fetched import source_fingerprint
+from pipeline.runner import Project, Stage, StageContext, StageResult
 from pipeline.sources import fetch
 
 

@@ -8,8 +8,7 @@ decisions) and ingest.csv (one row per image that entered ingest with its final 
 
 from pathlib import Path
 
-from pipeline.decisions import (KEPT, consolidate_decisions, count_by_reason, read_decisions,
-                                 write_decisions)
+from pipeline.decisions import consolidate_decisions, read_decisions, summarize, write_decisions
 from pipeline.padding import pad_images
 from pipeline.runner import Stage, StageContext, StageResult
 
@@ -21,14 +20,7 @@ def run(ctx: StageContext) -> StageResult:
     write_decisions(decisions, ctx.out_dir / "report.csv")
     crop_rows = read_decisions(ctx.inputs["crop"] / "decisions.csv")
     consolidate_decisions(crop_rows, decisions).to_csv(ctx.out_dir / "ingest.csv", index=False)
-
-    n_kept = sum(d.decision == KEPT for d in decisions)
-    reasons = ", ".join(f"{n:,} {why}" for why, n in count_by_reason(decisions).items())
-    return StageResult(
-        f"{n_kept:,} kept, {len(decisions) - n_kept:,} rejected"
-        + (f" ({reasons})" if reasons else "") + " (see data/clean/report.csv)",
-        {"kept": n_kept, "rejected": len(decisions) - n_kept},
-    )
+    return StageResult(*summarize(decisions, "data/clean/report.csv"))
 
 
 STAGE = Stage(name="pad", upstream=("crop",), section="pad", output="data/clean",

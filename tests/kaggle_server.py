@@ -51,7 +51,7 @@ class FakeKaggle:
     token_user: str = "tester"  # who IntrospectToken says a bearer token belongs to
     seen: list[Seen] = field(default_factory=list)
 
-    def __enter__(self) -> "FakeKaggle":
+    def __enter__(self) -> FakeKaggle:
         handler = type("Handler", (_Handler,), {"fake": self})
         try:
             self._server = ThreadingHTTPServer(("127.0.0.1", PORT), handler)

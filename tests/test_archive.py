@@ -13,9 +13,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.archive import (BEYOND_LIMIT, DUPLICATE, LINK, SPECIAL, UNSAFE_ABSOLUTE,
-                              UNSAFE_ESCAPE, UNSAFE_LINK, clean_member_path, ignore_reason,
-                              safe_extract)
+from pipeline.archive import (
+    BEYOND_LIMIT,
+    DUPLICATE,
+    LINK,
+    SPECIAL,
+    UNSAFE_ABSOLUTE,
+    UNSAFE_ESCAPE,
+    UNSAFE_LINK,
+    clean_member_path,
+    ignore_reason,
+    safe_extract,
+)
 from pipeline.errors import UserError
 
 VIETNAMESE = "Đồng hồ đeo tay/ảnh số 1.png"
@@ -123,7 +132,7 @@ def _legacy_zip(path: Path, stored: bytes, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("stored, expected", [
-    ("Ảnh đồng hồ/Đồng hồ 1.png".encode("utf-8"), "Ảnh đồng hồ/Đồng hồ 1.png"),
+    ("Ảnh đồng hồ/Đồng hồ 1.png".encode(), "Ảnh đồng hồ/Đồng hồ 1.png"),
     ("café/thé.png".encode("cp437"), "café/thé.png"),  # true cp437 names still decode
 ])
 def test_zip_names_without_utf8_flag(tmp_path: Path, stored: bytes, expected: str) -> None:

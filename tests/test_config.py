@@ -1,4 +1,4 @@
-"""params.yaml loading: defaults, overrides, and errors that name the key, value and what is allowed."""
+"""params.yaml loading: defaults, overrides, and errors naming key, value and what is allowed."""
 
 from pathlib import Path
 
@@ -21,7 +21,8 @@ def test_missing_file_and_sections_take_defaults(tmp_path):
 
 
 def test_values_are_typed_and_ints_widen_to_floats(tmp_path):
-    params = load_params(write(tmp_path, "train:\n  kimg: 3\n  seed: 7\npad:\n  background: [1, 2, 3]\n"))
+    text = "train:\n  kimg: 3\n  seed: 7\npad:\n  background: [1, 2, 3]\n"
+    params = load_params(write(tmp_path, text))
     assert params.train.kimg == 3.0 and isinstance(params.train.kimg, float)
     assert params.train.seed == 7
     assert params.pad.background == (1, 2, 3)
@@ -72,7 +73,8 @@ def test_override_error_names_the_override(tmp_path):
 def test_canonical_form_ignores_how_a_default_was_written(tmp_path):
     explicit = load_params(write(tmp_path, "pad:\n  size: 128\n  mode: letterbox\n"))
     assert canonical(explicit.pad) == canonical(Params().pad)
-    assert canonical(load_params(tmp_path / "x.yaml", ["pad.size=64"]).pad) != canonical(Params().pad)
+    changed = load_params(tmp_path / "x.yaml", ["pad.size=64"])
+    assert canonical(changed.pad) != canonical(Params().pad)
 
 
 def test_every_field_is_documented():

@@ -15,8 +15,14 @@ from yolo_fixture import CLASS_NAME, make_scene, tiny_yolo_weights, ultralytics_
 
 from pipeline.config import CropConfig
 from pipeline.cropping import flat_names
-from pipeline.detect import (Detection, choose_detection, class_ids, crop_with_yolo,
-                             expand_box, resolve_weights)
+from pipeline.detect import (
+    Detection,
+    choose_detection,
+    class_ids,
+    crop_with_yolo,
+    expand_box,
+    resolve_weights,
+)
 from pipeline.errors import UserError
 from pipeline.images import load_image
 

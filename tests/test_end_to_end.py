@@ -112,6 +112,8 @@ def test_every_stage_left_its_outputs(project):
     assert (project / "data/pack/images.npy").exists()
     assert (project / "data/train/generator/generator.pt").exists()
     assert len(list((project / "data/generated").glob("*.png"))) == 40
+    logs = sorted((project / "data/logs").glob("*-package.log"))
+    assert logs and "package: submissions/images.zip" in logs[0].read_text()
     for stage_dir in ("raw", "crop", "clean", "pack", "train", "generated"):
         manifest = json.loads((project / "data" / stage_dir / "manifest.json").read_text())
         assert len(manifest["fingerprint"]) == 64

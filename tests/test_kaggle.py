@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from kaggle_server import FakeKaggle, port_free
 from PIL import Image
 
 from pipeline.errors import UserError
 from pipeline.sources import fetch
-from kaggle_server import FakeKaggle, port_free
 
 pytestmark = pytest.mark.skipif(bool(port_free()), reason=port_free() or "port 80 is free")
 

@@ -14,8 +14,7 @@ from pipeline.cropping import crop_images
 from pipeline.decisions import kept, rejected
 from pipeline.errors import UserError
 from pipeline.images import load_image, save_png
-from pipeline.review import (apply_reject_list, contact_sheet, matches, read_reject_list,
-                             unmatched)
+from pipeline.review import apply_reject_list, contact_sheet, matches, read_reject_list, unmatched
 
 
 def test_read_reject_list(tmp_path: Path) -> None:

@@ -31,7 +31,8 @@ def run(ctx):
 '''
 
 
-def make_stage(tmp_path: Path, name: str, upstream: tuple[str, ...], section: str, key: str) -> Stage:
+def make_stage(tmp_path: Path, name: str, upstream: tuple[str, ...], section: str,
+               key: str) -> Stage:
     script = tmp_path / "stages" / f"{name}.py"
     script.parent.mkdir(exist_ok=True)
     if not script.exists():  # a test may have edited it: keep the edit
