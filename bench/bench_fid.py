@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from pipeline import fid, inception  # noqa: E402
+from pipeline.device import resolve_device  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "fid"
 
@@ -136,7 +137,7 @@ def run_ours(
     workers: int,
 ) -> dict[str, float]:
     """pipeline.fid in this process: model load + extraction time, and our FID."""
-    torch_device = fid.resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     start = time.perf_counter()
     model = inception.load_inception(weights, torch_device)
     stats = []
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     a, b = split_halves(files)
     n = 2 * (len(files) // 2)
     weights = inception.resolve_weights(OUT / "cache")
-    device = str(fid.resolve_device(args.device))
+    device = str(resolve_device(args.device, "--device"))
 
     theirs = run_pytorch_fid(a, b, weights, device, args.batch_size)
     ours = run_ours(a, b, weights, device, args.batch_size, args.workers)

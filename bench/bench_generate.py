@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.generate import generate_images, resolve_device, seed_latents  # noqa: E402
+from pipeline.device import resolve_device  # noqa: E402
+from pipeline.generate import generate_images, seed_latents  # noqa: E402
 from pipeline.models import ModelSpec, build_generator, load_generator, save_generator  # noqa: E402
 from pipeline.submission import write_zip  # noqa: E402
 
@@ -56,7 +57,7 @@ def run_pipeline(gen_dir: Path, work: Path, n: int, batch: int, workers: int,
 def run_baseline(gen_dir: Path, work: Path, n: int, batch: int, device: str) -> float:
     """Seconds for batched forward + save_image per image + a deflated zip."""
     start = time.perf_counter()
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(device, "--device")
     generator, spec = load_generator(gen_dir, torch_device)
     (work / "png").mkdir(parents=True)
     # Same latents and batch size as the pipeline, so only the writing differs.
@@ -96,7 +97,7 @@ def main() -> None:
 
     shutil.rmtree(args.out, ignore_errors=True)  # start cold: nothing to resume
     make_generator(args.out / "generator", args.width, args.nz)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     # Warm up (CUDA context, cuDNN, kernels) before timing, so neither side pays for it.
     warm, spec = load_generator(args.out / "generator", device)
     with torch.inference_mode():
