@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.archive import sha256_file
+
 
 def list_fetched_images(raw_dir: Path) -> list[Path]:
     """The image files fetch kept, sorted by relative path (files.csv kind == image)."""
@@ -40,9 +42,7 @@ def source_fingerprint(source: str, project_root: Path) -> str:
         for file in sorted(files):
             digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\n".encode())
     elif kind == "zip" and path.is_file():
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_file(path)
     else:
         return "missing"
     return digest.hexdigest()

@@ -31,6 +31,7 @@ from pytorch_fid.inception import (
 )
 from torch import nn
 
+from pipeline.archive import sha256_file
 from pipeline.errors import UserError
 
 # pytorch-fid's own weight file; its name carries the first 8 hex digits of its sha256 (torch hub).
@@ -72,15 +73,6 @@ class InceptionWeights:
 
 # ----------------------------------------------------------------------------------------------
 # Files and hashes
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
