@@ -46,7 +46,15 @@ def test_mlp_matches_seed_001_parameter_counts() -> None:
 
 
 CASES = [(name, size, channels) for name in MODELS for size in (32, 64, 128) for channels in (1, 3)]
-CASES += [("dcgan", 256, 3), ("mlp", 28, 1)]
+CASES += [("dcgan", 256, 3), ("dcgan", 28, 1), ("mlp", 28, 1)]
+
+
+def test_dcgan_28_starts_from_a_7x7_map() -> None:
+    """The teaching size: 7 -> 14 -> 28, and D ends with a 7x7 "fully connected" conv."""
+    spec = ModelSpec("dcgan", size=28, channels=1, nz=100, width=0.5)
+    first = build_generator(spec).model[0]
+    last = build_discriminator(spec).model[-1]
+    assert (first.kernel_size, last.kernel_size) == ((7, 7), (7, 7))
 
 
 @pytest.mark.parametrize("name,size,channels", CASES)

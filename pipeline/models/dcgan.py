@@ -7,7 +7,8 @@ At size 128 and width 1.0 the layers are exactly seed 004's tables:
      (all 4,2,1, bias-free), then Conv(512->1, 4,1,0)     2,796,800 parameters
 Other sizes add or drop a stride-2 block. Channels depend on the feature map's resolution, not on
 the image size (G: 4096/r, D: 2048/r at an r x r map), so a 64-pixel model is the 128-pixel one
-without its last block. `width` multiplies every channel count.
+without its last block. `width` multiplies every channel count. The 28-pixel teaching size starts
+from a 7x7 map (7 -> 14 -> 28), as the classic MNIST DCGAN does.
 
 Weights start from the DCGAN paper's N(0, 0.02) (BN scale N(1, 0.02)); the seed's notebook used
 PyTorch's defaults, which train too but less reliably with lr 8e-4.
@@ -20,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-SIZES = (32, 64, 128, 256)  # image sides (pixels) the conv stacks support
+SIZES = (28, 32, 64, 128, 256)  # image sides (pixels) the conv stacks support
 G_BASE = 4096  # generator channels at an r x r map = G_BASE / r (1024 at 4x4)
 D_BASE = 2048  # discriminator channels at an r x r map = D_BASE / r (512 at 4x4)
 BN_BELOW = 32  # D blocks whose output map is smaller than this get BatchNorm (seed: 16, 8, 4)
@@ -35,6 +36,14 @@ def check_size(size: int) -> None:
     """Raise ValueError unless `size` is one of SIZES (the registry turns it into a UserError)."""
     if size not in SIZES:
         raise ValueError(f"dcgan needs an image side of {', '.join(map(str, SIZES))}, not {size}")
+
+
+def base_resolution(size: int) -> int:
+    """Side of the smallest feature map: halve `size` while it stays even and above 7 (4 or 7)."""
+    resolution = size
+    while resolution % 2 == 0 and resolution > 7:
+        resolution //= 2
+    return resolution
 
 
 def init_dcgan_weights(module: nn.Module) -> None:
@@ -74,11 +83,13 @@ class Generator(nn.Module):
         super().__init__()
         check_size(size)
         self.nz = nz
-        resolutions = [2**i for i in range(2, int(math.log2(size)) + 1)]  # 4, 8, ..., size
+        base = base_resolution(size)
+        doublings = int(math.log2(size // base))
+        resolutions = [base * 2**i for i in range(doublings + 1)]  # 4, 8, ..., size
         widths = [channels_at(G_BASE, r, width) for r in resolutions]
-        # "Fully connected" first layer: a 1x1 latent becomes a 4x4 map.
-        layers = _up_block(nz, widths[0], 4, 1, 0)
-        # One stride-2 block per doubling: 4 -> 8 -> ... -> size.
+        # "Fully connected" first layer: a 1x1 latent becomes a base x base map.
+        layers = _up_block(nz, widths[0], base, 1, 0)
+        # One stride-2 block per doubling: base -> 2 base -> ... -> size.
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers += _up_block(c_in, c_out, 4, 2, 1)
         # To pixels at full resolution (the seed keeps this layer's bias).
@@ -98,16 +109,16 @@ class Discriminator(nn.Module):
         super().__init__()
         check_size(size)
         layers: list[nn.Module] = []
-        c_in, resolution = channels, size
-        # Halve the map until it is 4x4; the first block never has BN (DCGAN rule).
-        while resolution > 4:
+        c_in, resolution, base = channels, size, base_resolution(size)
+        # Halve the map down to base x base; the first block never has BN (DCGAN rule).
+        while resolution > base:
             resolution //= 2
             c_out = channels_at(D_BASE, resolution, width)
             batchnorm = bool(layers) and resolution < BN_BELOW
             layers += _down_block(c_in, c_out, batchnorm)
             c_in = c_out
-        # "Fully connected" last layer: a 4x4 map becomes one logit.
-        layers.append(nn.Conv2d(c_in, 1, 4, 1, 0, bias=False))
+        # "Fully connected" last layer: a base x base map becomes one logit.
+        layers.append(nn.Conv2d(c_in, 1, base, 1, 0, bias=False))
         self.model = nn.Sequential(*layers)
         init_dcgan_weights(self)
 
