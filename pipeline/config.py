@@ -130,6 +130,9 @@ class TrainConfig:
     collapse_ratio: float = knob(
         0.25, "warn when fixed-noise sample diversity falls below this fraction of its best (0 off)"
     )
+    d_head: Literal["global", "patch"] = knob(
+        "global", "DCGAN D output: global (one logit an image) or patch (PatchGAN: a logit a patch)"
+    )
     # StyleGAN2 only (model: stylegan2); mlp and dcgan ignore these.
     w_dim: int = knob(128, "StyleGAN2 intermediate latent (w) size")
     mapping_layers: int = knob(2, "StyleGAN2 mapping network depth (z -> w); ADA uses 2")

@@ -80,6 +80,20 @@ def test_channels_last_inputs(name: str) -> None:
     assert discriminator(images).shape == (2,)
 
 
+@pytest.mark.parametrize("size,grid", [(128, 16), (64, 8), (32, 4), (28, 7)])
+def test_patchgan_head_gives_one_logit_per_patch(size: int, grid: int) -> None:
+    spec = ModelSpec("dcgan", size=size, channels=3, nz=8, width=0.125, d_head="patch")
+    logits = build_discriminator(spec)(torch.randn(2, 3, size, size))
+    assert logits.shape == (2, grid * grid)
+
+
+def test_patchgan_head_is_dcgan_only() -> None:
+    with pytest.raises(UserError, match="d_head 'patch' needs model dcgan"):
+        build_discriminator(ModelSpec("stylegan2", size=32, channels=3, nz=8, d_head="patch"))
+    with pytest.raises(UserError, match="d_head must be one of global, patch"):
+        ModelSpec("dcgan", size=32, channels=3, nz=8, d_head="pixel")
+
+
 def test_bad_names_and_sizes_raise_user_errors() -> None:
     with pytest.raises(UserError) as info:
         get_model("dcgan128")

@@ -179,6 +179,18 @@ def test_bf16_autocast_on_cpu(pack_dir: Path, tmp_path: Path) -> None:
     assert options["amp"] == "torch.bfloat16"
 
 
+@pytest.mark.parametrize("loss", ["ralsgan", "wgan-gp", "hinge"])
+def test_patchgan_head_trains_with_every_kind_of_loss(pack_dir: Path, tmp_path: Path,
+                                                      loss: str) -> None:
+    """(N, P) patch logits go through relativistic, gradient-penalty and margin losses."""
+    cfg = dataclasses.replace(TINY, d_head="patch", loss=loss, kimg=0.064)
+    report = train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    assert report.steps == 4
+    assert all(np.isfinite(v) for v in report.final_losses.values())
+    stats = [json.loads(line) for line in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    assert all(0 <= row["acc_real"] <= 1 for row in stats)
+
+
 def test_changed_networks_refuse_to_resume(pack_dir: Path, tmp_path: Path) -> None:
     cfg = dataclasses.replace(TINY, kimg=0.032, checkpoint_kimg=0.032)
     train(cfg, pack_dir, tmp_path / "run", quiet=True)

@@ -1,7 +1,8 @@
 """Networks by name: a registry of model families, plus saving and loading a generator.
 
 Every family builds a generator, forward(z (N, nz), truncation=1.0) -> images (N, C, size, size)
-in [-1, 1], and a discriminator, forward(images) -> raw logits (N,). A family is chosen by its
+in [-1, 1], and a discriminator, forward(images) -> raw logits (N,) (or (N, P), one per patch, for
+DCGAN's PatchGAN head). A family is chosen by its
 registry name ("mlp", "dcgan", "stylegan2"), never by a dotted class path, so a typo fails at once
 with the list of valid names. A saved generator is a state_dict (`generator.pt`) beside the spec
 that rebuilds its architecture (`generator.json`); modules are never pickled.
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 WEIGHTS_FILE = "generator.pt"  # state_dict of the generator (tensors only)
 SPEC_FILE = "generator.json"  # asdict(ModelSpec): what rebuilds the architecture
+D_HEADS = ("global", "patch")  # discriminator outputs: one logit an image, or one a patch
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class ModelSpec:
     channels: int  # 3 (RGB) or 1 (grey)
     nz: int  # latent size (StyleGAN2's z_dim)
     width: float = 1.0  # channel multiplier for mlp/dcgan; 1.0 = the seeds' sizes
+    d_head: str = "global"  # dcgan D: "global" (one logit an image) or "patch" (PatchGAN)
     # StyleGAN2 only (other families ignore these):
     w_dim: int = 128  # intermediate latent (w) size
     mapping_layers: int = 2  # fully connected layers z -> w (2 suits small data, as in ADA)
@@ -55,6 +58,8 @@ class ModelSpec:
             problems.append(f"size and nz must be positive (size={self.size}, nz={self.nz})")
         if self.width <= 0:
             problems.append(f"width must be > 0, not {self.width}")
+        if self.d_head not in D_HEADS:
+            problems.append(f"d_head must be one of {', '.join(D_HEADS)}, not {self.d_head!r}")
         if problems:
             raise UserError(f"bad model spec: {'; '.join(problems)}.")
 
@@ -63,6 +68,7 @@ class ModelFamily:
     """One network family: builds its generator and discriminator from a ModelSpec."""
 
     name: str = ""  # set by register_model
+    d_heads: tuple[str, ...] = ("global",)  # discriminator heads the family can build
 
     def check(self, spec: ModelSpec) -> None:
         """Raise ValueError (with a short reason) if the family cannot build `spec`."""
@@ -105,6 +111,9 @@ def _checked_family(spec: ModelSpec) -> ModelFamily:
     family = get_model(spec.name)
     # Families raise ValueError with a bare reason; the user sees which section to change.
     try:
+        if spec.d_head not in family.d_heads:
+            able = [name for name, other in MODELS.items() if spec.d_head in other.d_heads]
+            raise ValueError(f"d_head {spec.d_head!r} needs model {' or '.join(able)}")
         family.check(spec)
     except ValueError as error:
         raise UserError(f"model {spec.name}: {error}; change the train or pad section.") from None
@@ -117,7 +126,8 @@ def build_generator(spec: ModelSpec) -> nn.Module:
 
 
 def build_discriminator(spec: ModelSpec) -> nn.Module:
-    """A freshly initialised discriminator: images in [-1, 1] -> raw logits (N,)."""
+    """A freshly initialised discriminator: images in [-1, 1] -> raw logits (N,), or (N, P)
+    with one logit per patch for d_head "patch" (every loss averages over all logits)."""
     return _checked_family(spec).discriminator(spec)
 
 
@@ -129,6 +139,7 @@ def spec_from_config(config: TrainConfig, size: int, channels: int) -> ModelSpec
         channels=channels,
         nz=config.nz,
         width=config.width,
+        d_head=config.d_head,
         w_dim=config.w_dim,
         mapping_layers=config.mapping_layers,
         channel_base=config.channel_base,
@@ -157,6 +168,8 @@ class _MLP(ModelFamily):
 
 @register_model("dcgan")
 class _DCGAN(ModelFamily):
+    d_heads = D_HEADS
+
     def check(self, spec: ModelSpec) -> None:
         dcgan.check_size(spec.size)
 
@@ -164,7 +177,8 @@ class _DCGAN(ModelFamily):
         return dcgan.Generator(spec.size, spec.channels, spec.nz, spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return dcgan.Discriminator(spec.size, spec.channels, spec.width)
+        patch = spec.d_head == "patch"
+        return dcgan.Discriminator(spec.size, spec.channels, spec.width, patch=patch)
 
 
 @register_model("stylegan2")

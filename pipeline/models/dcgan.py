@@ -24,6 +24,7 @@ from torch import nn
 SIZES = (28, 32, 64, 128, 256)  # image sides (pixels) the conv stacks support
 G_BASE = 4096  # generator channels at an r x r map = G_BASE / r (1024 at 4x4)
 D_BASE = 2048  # discriminator channels at an r x r map = D_BASE / r (512 at 4x4)
+PATCH_HALVINGS = 3  # PatchGAN head: stride-2 blocks before the logit map (128 px -> 16x16)
 BN_BELOW = 32  # D blocks whose output map is smaller than this get BatchNorm (seed: 16, 8, 4)
 
 
@@ -103,24 +104,35 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """images (N, C, size, size) in [-1, 1] -> raw logits (N,)."""
+    """images (N, C, size, size) in [-1, 1] -> raw logits (N,), or (N, P) with `patch`.
 
-    def __init__(self, size: int, channels: int, width: float = 1.0) -> None:
+    The PatchGAN head (pix2pix; one of the seeds' tricks) stops after PATCH_HALVINGS stride-2
+    blocks and ends with a 3x3 conv: a map of logits, each judging a 38x38-pixel patch (at 32 px
+    and up), so D
+    looks at texture everywhere instead of at one global verdict.
+    """
+
+    def __init__(self, size: int, channels: int, width: float = 1.0, patch: bool = False) -> None:
         super().__init__()
         check_size(size)
         layers: list[nn.Module] = []
         c_in, resolution, base = channels, size, base_resolution(size)
-        # Halve the map down to base x base; the first block never has BN (DCGAN rule).
-        while resolution > base:
+        last = max(base, size >> PATCH_HALVINGS) if patch else base
+        # Halve the map down to `last`; the first block never has BN (DCGAN rule).
+        while resolution > last:
             resolution //= 2
             c_out = channels_at(D_BASE, resolution, width)
             batchnorm = bool(layers) and resolution < BN_BELOW
             layers += _down_block(c_in, c_out, batchnorm)
             c_in = c_out
-        # "Fully connected" last layer: a base x base map becomes one logit.
-        layers.append(nn.Conv2d(c_in, 1, base, 1, 0, bias=False))
+        if patch:  # one logit per position of the last map
+            layers.append(nn.Conv2d(c_in, 1, 3, 1, 1, bias=False))
+        else:  # "fully connected" last layer: a base x base map becomes one logit
+            layers.append(nn.Conv2d(c_in, 1, base, 1, 0, bias=False))
         self.model = nn.Sequential(*layers)
+        self.patch = patch
         init_dcgan_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).reshape(-1)  # (N, 1, 1, 1) -> (N,)
+        logits = self.model(x)  # (N, 1, r, r); r = 1 for the global head
+        return logits.flatten(1) if self.patch else logits.reshape(-1)  # (N, r*r) or (N,)
