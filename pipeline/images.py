@@ -73,7 +73,8 @@ def _upright(im: Image.Image) -> Image.Image:
         return im  # a damaged EXIF block: keep the pixels as stored
 
 
-def _open_checked(path: Path, max_pixels: int, draft: int) -> tuple[Image.Image | None, str]:
+def _open_checked(path: Path, max_pixels: int, draft: int,
+                  draft_short: int) -> tuple[Image.Image | None, str]:
     """Open (header only), then check the claimed size before any pixel is decoded."""
     try:
         im = Image.open(path)
@@ -89,18 +90,22 @@ def _open_checked(path: Path, max_pixels: int, draft: int) -> tuple[Image.Image 
         im.close()
         return None, f"bomb: {width}x{height} = {width * height:,} px > {max_pixels:,}"
     if draft and im.format == "JPEG":
-        # The JPEG decoder can scale by 1/2, 1/4 or 1/8 for free; it keeps >= `draft` a side.
-        im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, (draft, draft))
+        # The JPEG decoder can scale by 1/2, 1/4 or 1/8 for free, keeping at least the size asked.
+        want = (draft, draft_short) if width >= height else (draft_short, draft)
+        im.draft("RGB" if im.mode in ("RGB", "YCbCr") else None, want)
     return im, ""
 
 
-def load_image(path: Path, max_pixels: int, draft: int = 0) -> tuple[np.ndarray | None, str]:
+def load_image(path: Path, max_pixels: int, draft: int = 0,
+               draft_short: int | None = None) -> tuple[np.ndarray | None, str]:
     """Decode the first frame of an image file into (H, W, 3|4) uint8 RGB(A), EXIF-upright.
 
     Returns (array, "") or (None, reason); the array may be read-only (copy before writing).
     `max_pixels` rejects decompression bombs before any decoding. `draft` > 0 lets JPEGs
-    decode at 1/2..1/8 scale while keeping at least that many pixels a side (pad passes its
-    output size; 0 = full resolution, as crop needs).
+    decode at 1/2..1/8 scale while keeping at least `draft` pixels on the long side and
+    `draft_short` (default `draft`) on the short one (pad passes its output size, and for a
+    letterbox, which shrinks the long side to it, its min_side; 0 = full resolution, as crop
+    needs).
     """
     path = Path(path)
     # 1. Cheap checks on the file itself.
@@ -113,7 +118,8 @@ def load_image(path: Path, max_pixels: int, draft: int = 0) -> tuple[np.ndarray 
         # We check sizes ourselves against max_pixels; PIL's own bomb warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         # 2. Header only: format, size (bomb check), optional JPEG draft scale.
-        im, reason = _open_checked(path, max_pixels, draft)
+        short = draft if draft_short is None else min(draft, draft_short)
+        im, reason = _open_checked(path, max_pixels, draft, short)
         if im is None:
             return None, reason
         with im:

@@ -126,6 +126,18 @@ def test_vietnamese_name_with_spaces(tmp_path):
     assert load_ok(path).shape == (20, 20, 3)
 
 
+def test_jpeg_draft_for_a_letterbox_keeps_only_the_long_side(tmp_path):
+    """A letterbox shrinks the long side to `size`: the short side may decode smaller."""
+    Image.new("RGB", (1600, 400), (10, 120, 200)).save(tmp_path / "wide.jpg")
+    both, _ = load_image(tmp_path / "wide.jpg", BIG, draft=128)
+    long_only, _ = load_image(tmp_path / "wide.jpg", BIG, draft=128, draft_short=16)
+    assert both.shape == (200, 800, 3)  # 1/2: the short side must stay >= 128
+    assert long_only.shape == (50, 200, 3)  # 1/8: the long side stays >= 128
+    Image.new("RGB", (400, 1600), (10, 120, 200)).save(tmp_path / "tall.jpg")
+    tall, _ = load_image(tmp_path / "tall.jpg", BIG, draft=128, draft_short=16)
+    assert tall.shape == (200, 50, 3)
+
+
 def test_jpeg_draft_keeps_requested_side(tmp_path):
     Image.fromarray(photo(0, 1600, 1200)).save(tmp_path / "big.jpg")
     image, _ = load_image(tmp_path / "big.jpg", BIG, draft=256)
