@@ -100,6 +100,9 @@ class TrainConfig:
     loss: LossName = knob("ralsgan", "GAN loss: " + " | ".join(get_args(LossName)))
     seed: int = knob(0, "random seed (weights, noise, data order)")
     kimg: float = knob(40.0, "training length in thousands of real images shown to D")
+    minutes: float = knob(
+        0.0, "stop after this many minutes (a Kaggle kernel's limit) even before kimg (0 = none)"
+    )
     batch_size: int = knob(64, "images per step (global, over all GPUs)")
     width: float = knob(0.25, "channel multiplier; 1.0 is the seeds' DCGAN-128 (13.3M/2.8M)")
     nz: int = knob(128, "latent size")
@@ -316,6 +319,7 @@ def validate_section(section: str, config: Any, origin: str) -> None:
         need(all(-45 <= r <= 45 for r in config.rotations), "rotations", "degrees in [-45, 45]")
     elif section == "train":
         need(config.kimg > 0, "kimg", "a number > 0")
+        need(config.minutes >= 0, "minutes", "0 (no limit) or more")
         need(config.batch_size >= 2, "batch_size", "2 or more")
         need(0 < config.width <= 4, "width", "a number in (0, 4]")
         need(config.nz >= 1, "nz", "1 or more")

@@ -96,6 +96,7 @@ class TrainReport:
     final_losses: dict[str, float]  # the last tick's averages (loss_d, loss_g, ...)
     generator_dir: Path  # the exported generator (save_generator format)
     train_seconds: float = 0.0  # time spent in training steps in this call
+    out_of_time: bool = False  # stopped by cfg.minutes before reaching cfg.kimg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,6 +513,9 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     batch = local_batch_size(cfg.batch_size, dist)  # per rank
     resident = fits_on_device(images, device)  # a copy of the pack in GPU memory?
     target_images = int(round(cfg.kimg * 1000))
+    # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked at each tick.
+    deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
+    out_of_time = False
     ops = parse_policy(cfg.diffaugment)
     loss = get_loss(cfg.loss)
     spec = spec_from_config(cfg, info.size, info.channels)
@@ -716,7 +720,11 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
                 continue
             # Nothing below changes the training state or draws from the global RNG, so tick
             # boundaries (which differ between a resumed and a straight run) leave no trace.
-            sums = all_reduce_mean(tick_sums.clone(), dist).tolist()  # one sync per tick
+            # One sync per tick; the last slot says whether any rank ran out of time.
+            late = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
+            sums = all_reduce_mean(torch.cat([tick_sums, late]), dist).tolist()
+            if sums.pop() > 0 and not done:
+                done = out_of_time = True  # a last snapshot and checkpoint, then stop
             upkeep_start = time.perf_counter()  # from here on, time is not training time
             tick_stats = {key: sums[i] / sums[-1] for i, key in enumerate(STAT_KEYS)}
             if not all(math.isfinite(v) for v in tick_stats.values()):
@@ -757,6 +765,8 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
                 last_good = save_state(last_stats) or last_good
             upkeep_seconds += time.perf_counter() - upkeep_start
             tick_start_images, tick_start_time = images_seen, time.perf_counter()
+            if out_of_time:
+                break
         loop_seconds = time.perf_counter() - loop_start
     finally:
         bar.close()
@@ -784,4 +794,5 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
         final_losses=last_stats,
         generator_dir=final_dir,
         train_seconds=train_seconds,
+        out_of_time=out_of_time,
     )

@@ -4,8 +4,9 @@
     make train GPUS=2            # torchrun, DDP
 
 Checkpoints, grids, stats.jsonl and TensorBoard logs live in data/runs/<run>/, a folder chosen by
-everything but train.kimg: raising only the length continues the same run, and a killed run
-resumes from its last checkpoint. data/train/ receives the exported generator and the plots.
+everything but train.kimg and train.minutes: raising only the length (or the time budget)
+continues the same run, and a killed run resumes from its last checkpoint. data/train/ receives
+the exported generator and the plots.
 """
 
 import shutil
@@ -17,7 +18,7 @@ from pipeline.training import train
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.train
-    run_dir = ctx.project.data / "runs" / ctx.run_key(cfg, exclude=("kimg",))[:12]
+    run_dir = ctx.project.data / "runs" / ctx.run_key(cfg, exclude=("kimg", "minutes"))[:12]
     report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet)
 
     # Export: the generator and what a person looks at; the run folder keeps the rest.
@@ -27,6 +28,8 @@ def run(ctx: StageContext) -> StageResult:
             shutil.copy2(path, ctx.out_dir / path.name)
     (ctx.out_dir / "run_dir.txt").write_text(str(run_dir.relative_to(ctx.project.root)))
     resumed = f", resumed at {report.resumed_from_kimg:g} kimg" if report.resumed_from_kimg else ""
+    if report.out_of_time:
+        resumed += f", stopped by train.minutes={cfg.minutes:g} before {cfg.kimg:g} kimg"
     return StageResult(
         f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{resumed} "
         f"(see {run_dir.relative_to(ctx.project.root)})",
