@@ -513,7 +513,7 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     batch = local_batch_size(cfg.batch_size, dist)  # per rank
     resident = fits_on_device(images, device)  # a copy of the pack in GPU memory?
     target_images = int(round(cfg.kimg * 1000))
-    # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked at each tick.
+    # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
     out_of_time = False
     ops = parse_policy(cfg.diffaugment)
@@ -716,15 +716,15 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
 
             # -- 6. tick: stats, NaN guard, diversity, snapshot, checkpoint
             done = images_seen >= target_images
+            if deadline < math.inf and not done:  # the time budget ends the run at this step
+                late = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
+                # DDP: every rank stops at the same step (a sync only when a budget is set).
+                done = out_of_time = all_reduce_mean(late, dist).item() > 0
             if not (done or _crossed(kimg_before, images_seen, cfg.tick_kimg)):
                 continue
             # Nothing below changes the training state or draws from the global RNG, so tick
             # boundaries (which differ between a resumed and a straight run) leave no trace.
-            # One sync per tick; the last slot says whether any rank ran out of time.
-            late = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
-            sums = all_reduce_mean(torch.cat([tick_sums, late]), dist).tolist()
-            if sums.pop() > 0 and not done:
-                done = out_of_time = True  # a last snapshot and checkpoint, then stop
+            sums = all_reduce_mean(tick_sums.clone(), dist).tolist()  # one sync per tick
             upkeep_start = time.perf_counter()  # from here on, time is not training time
             tick_stats = {key: sums[i] / sums[-1] for i, key in enumerate(STAT_KEYS)}
             if not all(math.isfinite(v) for v in tick_stats.values()):

@@ -34,7 +34,7 @@ def run(ctx: StageContext) -> StageResult:
         f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{resumed} "
         f"(see {run_dir.relative_to(ctx.project.root)})",
         {"kimg": report.kimg_done, "steps": report.steps, "img_per_s": report.images_per_second,
-         **{f"loss_{k}": v for k, v in report.final_losses.items()}},
+         **report.final_losses},  # the last tick: loss_d, loss_g, d_real, acc_real, ...
     )
 
 

@@ -18,9 +18,11 @@ pytestmark = pytest.mark.slow
                         "--group", "1"]),
     ("bench_generate.py", ["--n", "24", "--width", "0.125", "--batch-size", "8"]),
     ("bench_pad.py", ["--n", "8"]),
+    ("bench_models.py", ["--minutes", "0.02", "--n", "24", "--limit", "40"]),
 ])
 def test_benchmark_runs_at_toy_size(script, args, tmp_path):
-    extra = ["--out", str(tmp_path / "out")] if script == "bench_generate.py" else []
+    extra = ["--out", str(tmp_path / "out")] if script in ("bench_generate.py",
+                                                           "bench_models.py") else []
     result = subprocess.run([sys.executable, str(REPO / "bench" / script), *args, *extra],
                             cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

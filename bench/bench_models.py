@@ -1,0 +1,91 @@
+"""Quality at an equal CPU budget: DCGAN-RaLSGAN against StyleGAN2 on the embedded emoji at 64 px.
+
+Usage (from the repository root):
+    .venv/bin/python bench/bench_models.py --minutes 10       # the run in bench/RESULTS.md
+    .venv/bin/python bench/bench_models.py --minutes 0.05 --n 32 --limit 48   # a smoke run
+
+Each model gets its own project folder under --out (params.yaml with pad.size=64 plus the model's
+settings below) and runs the real pipeline, `python -m pipeline run score`: fetch, crop, pad,
+augment, then training for exactly `--minutes` of wall clock (train.minutes, with a kimg no run
+reaches), then --n generated PNGs scored against that folder's data/clean (the 2,611 64-px
+emoji). The reference statistics of the first project are reused by the second (same pixels,
+same cache key). Prints kimg reached, img/s, FID and KID per model; the grids are
+<out>/<model>/data/train/fakes*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# What a contestant would pick for each family on this data (see params.yaml and
+# profiles/wrist-watch.yaml); the CPU-sized StyleGAN2 channels are the train defaults.
+MODELS: dict[str, list[str]] = {
+    "dcgan-ralsgan": [  # params.yaml's settings: seed 004's recipe at a quarter width
+        "train.model=dcgan", "train.loss=ralsgan",
+    ],
+    "stylegan2": [  # seed 000's recipe: non-saturating loss + lazy R1, Adam(0.0025, 0, 0.99)
+        "train.model=stylegan2", "train.loss=nonsaturating", "train.batch_size=32",
+        "train.lr_g=0.0025", "train.lr_d=0.0025", "train.beta1=0.0", "train.beta2=0.99",
+        "train.r1_gamma=0.1", "train.ema_kimg=10",
+    ],
+}
+
+
+def run_model(name: str, project: Path, minutes: float, n: int, limit: int) -> dict:
+    """Run the pipeline up to score in `project`; return the train and score numbers."""
+    settings = [f"fetch.limit={limit}", "pad.size=64", f"train.minutes={minutes}",
+                "train.kimg=100000",
+                f"train.snapshot_kimg={max(1, round(minutes * 6))}",  # about ten grids a run
+                f"generate.count={n}", f"score.n={n}", *MODELS[name]]
+    command = [sys.executable, "-m", "pipeline", "run", "score", "--root", str(project),
+               "--params", str(ROOT / "params.yaml"), "--quiet"]
+    for setting in settings:
+        command += ["--set", setting]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    train = json.loads((project / "data/train/manifest.json").read_text())
+    score = json.loads((project / "data/score/score.json").read_text())
+    return {"model": name, "kimg": train["counts"]["kimg"],
+            "img_per_s": train["counts"]["img_per_s"], "fid": score["fid"],
+            "kid": score["kid_mean"], "n": score["n_generated"],
+            "wall_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--n", type=int, default=2048, help="images generated and scored")
+    parser.add_argument("--limit", type=int, default=0, help="emoji used (0 = all)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench/out/models")
+    args = parser.parse_args()
+
+    results, first = [], None
+    for name in MODELS:
+        project = args.out / name
+        shutil.rmtree(project, ignore_errors=True)
+        project.mkdir(parents=True)
+        if first is not None:  # same reference pixels: reuse its statistics
+            shutil.copytree(first / "data/cache", project / "data/cache")
+        results.append(run_model(name, project, args.minutes, args.n, args.limit))
+        first = first or project
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\n{args.minutes:g} minutes of training each, 64 px emoji, FID on {args.n} images:")
+    for row in results:
+        print(f"  {row['model']:<14} {row['kimg']:8.1f} kimg {row['img_per_s']:7.1f} img/s  "
+              f"FID {row['fid']:7.2f}  KID {row['kid']:.4f}")
+    ratio = results[1]["fid"] / results[0]["fid"]
+    print(f"FID ratio stylegan2 / dcgan-ralsgan: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
