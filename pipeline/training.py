@@ -717,9 +717,11 @@ def _train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
             # -- 6. tick: stats, NaN guard, diversity, snapshot, checkpoint
             done = images_seen >= target_images
             if deadline < math.inf and not done:  # the time budget ends the run at this step
-                late = torch.tensor([float(time.perf_counter() >= deadline)], device=device)
-                # DDP: every rank stops at the same step (a sync only when a budget is set).
-                done = out_of_time = all_reduce_mean(late, dist).item() > 0
+                late = time.perf_counter() >= deadline
+                if dist.enabled:  # every rank stops at the same step: a sync per step
+                    flag = torch.tensor([float(late)], device=device)
+                    late = all_reduce_mean(flag, dist).item() > 0
+                done = out_of_time = late
             if not (done or _crossed(kimg_before, images_seen, cfg.tick_kimg)):
                 continue
             # Nothing below changes the training state or draws from the global RNG, so tick
