@@ -17,6 +17,7 @@ from pipeline.models import (
     build_discriminator,
     build_generator,
     count_parameters,
+    fold_batchnorm,
     get_model,
     load_generator,
     save_generator,
@@ -92,6 +93,24 @@ def test_patchgan_head_is_dcgan_only() -> None:
         build_discriminator(ModelSpec("stylegan2", size=32, channels=3, nz=8, d_head="patch"))
     with pytest.raises(UserError, match="d_head must be one of global, patch"):
         ModelSpec("dcgan", size=32, channels=3, nz=8, d_head="pixel")
+
+
+def test_fold_batchnorm_keeps_the_function_and_removes_every_bn() -> None:
+    """Generation folds BN into the convolutions; conv (D) and transposed conv (G) alike."""
+    torch.manual_seed(0)
+    spec = ModelSpec("dcgan", size=32, channels=3, nz=16, width=0.25)
+    for net, x in ((build_generator(spec), torch.randn(4, 16)),
+                   (build_discriminator(spec), torch.rand(4, 3, 32, 32) * 2 - 1)):
+        for bn in (m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)  # as after training, not the identity stats
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.bias.data.uniform_(-0.2, 0.2)
+        net.eval()
+        with torch.no_grad():
+            before = net(x)
+            after = fold_batchnorm(net)(x)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+        torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
 
 
 def test_bad_names_and_sizes_raise_user_errors() -> None:
