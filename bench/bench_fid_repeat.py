@@ -1,14 +1,14 @@
 """Benchmark: a repeat `make fid` (reference statistics cached) vs `python -m pytorch_fid`.
 
-Usage (from the repository root, after `make all`):
+Usage (from the repository root; the warm-up runs whatever `make fid` needs first):
     .venv/bin/python bench/bench_fid_repeat.py              # the default score.n, 2,048 images
     .venv/bin/python bench/bench_fid_repeat.py --n 200      # a quicker check
 
 Both score the same two folders: the first N PNGs of data/generated (what
 `make fid SET="score.n=N"` scores; copied into bench/out/fid_repeat/gen for pytorch-fid, which
 has no count option) against data/clean, the default reference. Steps:
-  1. warm-up, untimed: one `make fid` with score.n=N, which caches the reference statistics in
-     data/cache (a no-op when they are there already);
+  1. warm-up, untimed: one `make fid` with score.n=N, which brings the stages up to date and
+     caches the reference statistics in data/cache (a no-op when they are there already);
   2. ours: `make fid SET="score.n=N" ARGS=--force`, timed as a whole: make, interpreter start,
      the stage checks, Inception on the N generated PNGs, the cached reference, every metric
      (FID, KID, precision/recall, MiFID) and score.json;
@@ -56,17 +56,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu | cuda (both tools)")
     args = parser.parse_args()
 
+    # Warm-up: brings every stage up to date and caches the reference statistics if needed.
+    make_fid(args.n, force=False)
     generated, reference = ROOT / "data" / "generated", ROOT / "data" / "clean"
     files = fid.list_images(generated, args.n)
-    if len(files) < args.n or not fid.list_images(reference, 1):
-        raise SystemExit("run `make all` first: this compares scores of data/generated")
     gen = OUT / "gen"
     shutil.rmtree(gen, ignore_errors=True)
     gen.mkdir(parents=True)
     for path in files:
         shutil.copy2(path, gen / path.name)
 
-    make_fid(args.n, force=False)  # warm-up: caches the reference statistics if needed
     ours = make_fid(args.n, force=True)
     score = json.loads((ROOT / "data" / "score" / "score.json").read_text())
 
