@@ -27,11 +27,11 @@ def run(ctx: StageContext) -> StageResult:
         for path in run_dir.glob(pattern):
             shutil.copy2(path, ctx.out_dir / path.name)
     (ctx.out_dir / "run_dir.txt").write_text(str(run_dir.relative_to(ctx.project.root)))
-    resumed = f", resumed at {report.resumed_from_kimg:g} kimg" if report.resumed_from_kimg else ""
+    notes = f", resumed at {report.resumed_from_kimg:g} kimg" if report.resumed_from_kimg else ""
     if report.out_of_time:
-        resumed += f", stopped by train.minutes={cfg.minutes:g} before {cfg.kimg:g} kimg"
+        notes += f", stopped by train.minutes={cfg.minutes:g} before {cfg.kimg:g} kimg"
     return StageResult(
-        f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{resumed} "
+        f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{notes} "
         f"(see {run_dir.relative_to(ctx.project.root)})",
         {"kimg": report.kimg_done, "steps": report.steps, "img_per_s": report.images_per_second,
          **report.final_losses},  # the last tick: loss_d, loss_g, d_real, acc_real, ...

@@ -2,10 +2,10 @@
 
 Every family builds a generator, forward(z (N, nz), truncation=1.0) -> images (N, C, size, size)
 in [-1, 1], and a discriminator, forward(images) -> raw logits (N,) (or (N, P), one per patch, for
-DCGAN's PatchGAN head). A family is chosen by its
-registry name ("mlp", "dcgan", "stylegan2"), never by a dotted class path, so a typo fails at once
-with the list of valid names. A saved generator is a state_dict (`generator.pt`) beside the spec
-that rebuilds its architecture (`generator.json`); modules are never pickled.
+DCGAN's PatchGAN head). A family is chosen by its registry name ("mlp", "dcgan", "stylegan2"),
+never by a dotted class path, so a typo fails at once with the list of valid names. A saved
+generator is a state_dict (`generator.pt`) beside the spec that rebuilds its architecture
+(`generator.json`); modules are never pickled.
 """
 
 from __future__ import annotations
