@@ -73,7 +73,7 @@ test-fast: $(STAMP) ## the tests not marked slow
 bench: $(STAMP) ## benchmarks against their baselines (long; see bench/RESULTS.md)
 	$(PY) bench/bench_pipeline.py
 
-readme: $(STAMP) ## regenerate the parameter table in README.md from pipeline/config.py
+readme: $(STAMP) ## regenerate the parameter table in README.md from pipeline/core/config.py
 	$(PY) -m pipeline params --update-readme README.md
 
 lint: $(STAMP) ## ruff

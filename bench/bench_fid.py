@@ -1,4 +1,4 @@
-"""Benchmark: Inception feature extraction, `python -m pytorch_fid` vs pipeline.fid, same PNGs.
+"""Benchmark: Inception feature extraction, `python -m pytorch_fid` vs our scoring, same PNGs.
 
 Usage:
     .venv/bin/python bench/bench_fid.py --n 2000            # data/clean when it holds 2,000 PNGs
@@ -31,8 +31,8 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
-from pipeline import fid, inception  # noqa: E402
-from pipeline.device import resolve_device  # noqa: E402
+from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.scoring import fid, inception  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "fid"
 
@@ -136,7 +136,7 @@ def run_ours(
     a: Path, b: Path, weights: inception.InceptionWeights, device: str, batch_size: int,
     workers: int,
 ) -> dict[str, float]:
-    """pipeline.fid in this process: model load + extraction time, and our FID."""
+    """pipeline.scoring.fid in this process: model load + extraction time, and our FID."""
     torch_device = resolve_device(device, "--device")
     start = time.perf_counter()
     model = inception.load_inception(weights, torch_device)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_fid import pytorch_fid_command  # noqa: E402
 
-from pipeline import fid, inception  # noqa: E402
+from pipeline.scoring import fid, inception  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "fid_repeat"
 

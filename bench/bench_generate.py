@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline.device import resolve_device  # noqa: E402
-from pipeline.generate import generate_images, seed_latents  # noqa: E402
-from pipeline.models import ModelSpec, build_generator, load_generator, save_generator  # noqa: E402
-from pipeline.submission import write_zip  # noqa: E402
+from pipeline.core.device import resolve_device  # noqa: E402
+from pipeline.deliver.generate import generate_images, seed_latents  # noqa: E402
+from pipeline.deliver.submission import write_zip  # noqa: E402
+from pipeline.gan.models import ModelSpec, build_generator, load_generator, save_generator  # noqa: E402
 
 SIZE = 128  # DCGAN-128, the seeds' competition model
 

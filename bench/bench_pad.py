@@ -1,4 +1,4 @@
-"""Benchmark: seed 004's padding loop against pipeline.padding.pad_images on the same photos.
+"""Benchmark: seed 004's padding loop against pipeline.ingest.pad.pad_images on the same photos.
 
 Usage:
     python bench/bench_pad.py --n 1000     # the full run (a few minutes on 2 cores)
@@ -114,8 +114,8 @@ def run_seed(files: list[Path], out_dir: Path) -> None:
 
 
 def run_ours(files: list[Path], out_dir: Path) -> None:
-    from pipeline.config import PadConfig
-    from pipeline.padding import pad_images
+    from pipeline.core.config import PadConfig
+    from pipeline.ingest.pad import pad_images
 
     # Defaults as in params.yaml (letterbox, dedupe on), one worker per usable core.
     pad_images(files, PHOTOS, out_dir, PadConfig(size=SIZE, workers=0), quiet=True)
@@ -129,7 +129,7 @@ def child(which: str, n: int) -> None:
     out_dir.mkdir(parents=True)
     import matplotlib.image  # noqa: F401  (imports are not what we time)
 
-    import pipeline.padding  # noqa: F401
+    import pipeline.ingest.pad  # noqa: F401
 
     start = time.perf_counter()
     (run_seed if which == "seed" else run_ours)(files, out_dir)
@@ -164,7 +164,7 @@ def fidelity(files: list[Path]) -> tuple[float, float]:
     INTER_AREA) and the seed's (full decode, bilinear cv2.resize, which aliases)."""
     import cv2
 
-    from pipeline.images import letterbox_box, load_image
+    from pipeline.ingest.images import letterbox_box, load_image
 
     ours, seed = [], []
     for path in files:

@@ -1,4 +1,4 @@
-"""Benchmark: training throughput of `pipeline.training.train` vs seed 004's loop, same run.
+"""Benchmark: training throughput of `pipeline.gan.loop.train` vs seed 004's loop, same run.
 
 Both train DCGAN-128 (seed 004's exact layers at width 1.0) with RaLSGAN, batch 64, lr 8e-4,
 real label 0.8, Adam(0.5, 0.999), on the same random pack.
@@ -37,10 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from pipeline import pack  # noqa: E402
-from pipeline.config import TrainConfig  # noqa: E402
-from pipeline.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
-from pipeline.training import train  # noqa: E402
+from pipeline.core.config import TrainConfig  # noqa: E402
+from pipeline.gan.loop import train  # noqa: E402
+from pipeline.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
+from pipeline.ingest import pack  # noqa: E402
 
 SIZE, NZ, LR, REAL_LABEL = 128, 128, 8e-4, 0.8  # seed 004
 

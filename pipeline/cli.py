@@ -26,9 +26,9 @@ from typing import Annotated, TextIO
 
 import typer
 
-from pipeline.config import SECTIONS, load_params, section_doc
-from pipeline.errors import UserError
-from pipeline.runner import Graph, Project
+from pipeline.core.config import SECTIONS, load_params, section_doc
+from pipeline.core.errors import UserError
+from pipeline.core.runner import Graph, Project
 
 app = typer.Typer(
     help="GAN competition pipeline: fetch, crop, pad, augment, train, generate, package, score.",

@@ -24,10 +24,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.decisions import count_by_reason, read_decisions, rejected
-from pipeline.images import composite, load_image
-from pipeline.plots import make_grid, read_stats
-from pipeline.runner import Graph, swap_into_place
+from pipeline.core.runner import Graph, swap_into_place
+from pipeline.gan.plots import make_grid, read_stats
+from pipeline.ingest.decisions import count_by_reason, read_decisions, rejected
+from pipeline.ingest.images import composite, load_image
 
 MAKE_TARGETS = {"score": "fid"}  # stage -> make target, where they differ
 THUMB = 72  # thumbnail side in pixels (longer side)

@@ -9,8 +9,8 @@ transforms used so an FID change can be traced to them.
 import warnings
 from pathlib import Path
 
-from pipeline.augment import build_pack
-from pipeline.runner import Stage, StageContext, StageResult
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.ingest.augment import build_pack
 
 
 def run(ctx: StageContext) -> StageResult:

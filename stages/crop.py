@@ -11,12 +11,12 @@ sheet data/crop/contact_sheet.html to review by eye.
 import hashlib
 from pathlib import Path
 
-from pipeline.cropping import crop_images
-from pipeline.decisions import summarize, write_decisions
-from pipeline.detect import configure_ultralytics, crop_with_yolo
-from pipeline.fetched import list_fetched_images
-from pipeline.review import apply_reject_list, contact_sheet, read_reject_list
-from pipeline.runner import Project, Stage, StageContext, StageResult
+from pipeline.core.runner import Project, Stage, StageContext, StageResult
+from pipeline.ingest.crop import crop_images
+from pipeline.ingest.decisions import summarize, write_decisions
+from pipeline.ingest.detect import configure_ultralytics, crop_with_yolo
+from pipeline.ingest.raw import list_fetched_images
+from pipeline.ingest.review import apply_reject_list, contact_sheet, read_reject_list
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -9,9 +9,9 @@ its size, sha256 and whether it was ignored and why). Downloads are cached in da
 
 from pathlib import Path
 
-from pipeline.fetched import source_fingerprint
-from pipeline.runner import Project, Stage, StageContext, StageResult
-from pipeline.sources import fetch
+from pipeline.core.runner import Project, Stage, StageContext, StageResult
+from pipeline.ingest.raw import source_fingerprint
+from pipeline.ingest.sources import fetch
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -7,8 +7,8 @@ Writes data/generated/00000.png ... A killed run resumes where it stopped.
 
 from pathlib import Path
 
-from pipeline.generate import generate_images
-from pipeline.runner import Stage, StageContext, StageResult
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.deliver.generate import generate_images
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -9,8 +9,8 @@ exact count, size, RGB, real PNGs, unique names, nothing else inside.
 import json
 from pathlib import Path
 
-from pipeline.runner import Stage, StageContext, StageResult
-from pipeline.submission import submit_to_kaggle, write_zip
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.deliver.submission import submit_to_kaggle, write_zip
 
 
 def run(ctx: StageContext) -> StageResult:

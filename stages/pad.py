@@ -8,9 +8,14 @@ decisions) and ingest.csv (one row per image that entered ingest with its final 
 
 from pathlib import Path
 
-from pipeline.decisions import consolidate_decisions, read_decisions, summarize, write_decisions
-from pipeline.padding import pad_images
-from pipeline.runner import Stage, StageContext, StageResult
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.ingest.decisions import (
+    consolidate_decisions,
+    read_decisions,
+    summarize,
+    write_decisions,
+)
+from pipeline.ingest.pad import pad_images
 
 
 def run(ctx: StageContext) -> StageResult:

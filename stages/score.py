@@ -11,9 +11,9 @@ to data/score/history.csv with the run's fingerprint, so you see which change he
 import json
 from pathlib import Path
 
-from pipeline.fid import score_folders
-from pipeline.runner import Stage, StageContext, StageResult
-from pipeline.scorebook import append_history, format_table
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.scoring.fid import score_folders
+from pipeline.scoring.history import append_history, format_table
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -12,8 +12,8 @@ the exported generator and the plots.
 import shutil
 from pathlib import Path
 
-from pipeline.runner import Stage, StageContext, StageResult
-from pipeline.training import train
+from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.gan.loop import train
 
 
 def run(ctx: StageContext) -> StageResult:

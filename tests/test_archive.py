@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.archive import (
+from pipeline.core.errors import UserError
+from pipeline.ingest.archive import (
     BEYOND_LIMIT,
     DUPLICATE,
     LINK,
@@ -25,7 +26,6 @@ from pipeline.archive import (
     ignore_reason,
     safe_extract,
 )
-from pipeline.errors import UserError
 
 VIETNAMESE = "Đồng hồ đeo tay/ảnh số 1.png"
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Params, canonical, load_params, parse_override, section_doc
-from pipeline.errors import ConfigError
+from pipeline.core.config import Params, canonical, load_params, parse_override, section_doc
+from pipeline.core.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:

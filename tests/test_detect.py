@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from yolo_fixture import CLASS_NAME, make_scene, tiny_yolo_weights, ultralytics_sandbox
 
-from pipeline.config import CropConfig
-from pipeline.cropping import flat_names
-from pipeline.detect import (
+from pipeline.core.config import CropConfig
+from pipeline.core.errors import UserError
+from pipeline.ingest.crop import flat_names
+from pipeline.ingest.detect import (
     Detection,
     choose_detection,
     class_ids,
@@ -23,8 +24,7 @@ from pipeline.detect import (
     expand_box,
     resolve_weights,
 )
-from pipeline.errors import UserError
-from pipeline.images import load_image
+from pipeline.ingest.images import load_image
 
 # A confidence at which the tiny model separates drawn clocks from distractors with margin.
 CONF = 0.7

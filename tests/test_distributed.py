@@ -17,13 +17,20 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from pipeline import pack
-from pipeline.config import TrainConfig
-from pipeline.distributed import Dist, env_dist, init_from_env, local_batch_size, shard, shutdown
-from pipeline.errors import UserError
-from pipeline.losses import get_loss
-from pipeline.models import ModelSpec, build_discriminator
-from pipeline.training import DiscriminatorPair, Precision, d_backward
+from pipeline.core.config import TrainConfig
+from pipeline.core.distributed import (
+    Dist,
+    env_dist,
+    init_from_env,
+    local_batch_size,
+    shard,
+    shutdown,
+)
+from pipeline.core.errors import UserError
+from pipeline.gan.loop import DiscriminatorPair, Precision, d_backward
+from pipeline.gan.losses import get_loss
+from pipeline.gan.models import ModelSpec, build_discriminator
+from pipeline.ingest import pack
 
 WORLD = 2
 BATCH = 8  # global batch of the D step
@@ -79,7 +86,7 @@ def _worker(rank: int, port: int, root: str, kimg: float, with_grads: bool) -> N
         grads = _d_gradients(dist)
         if rank == 0:
             torch.save(grads, Path(root) / "grads.pt")
-    from pipeline.training import train
+    from pipeline.gan.loop import train
 
     cfg = TrainConfig(model="dcgan", loss="ralsgan", kimg=kimg, batch_size=8, width=0.125,
                       nz=16, tick_kimg=0.016, checkpoint_kimg=0.032, snapshot_kimg=0.032,

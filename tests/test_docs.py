@@ -18,7 +18,7 @@ def test_readme_shows_the_two_commands():
 
 
 def test_every_profile_loads(tmp_path):
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     for profile in sorted((REPO / "profiles").glob("*.yaml")) + [REPO / "params.yaml"]:
         load_params(profile)  # raises ConfigError naming the key if a profile drifts

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from pipeline import fid, inception
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.scoring import fid, inception
 
 
 def draw_images(folder: Path, count: int, seed: int, size: int = 128) -> list[Path]:

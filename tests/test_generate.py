@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.errors import UserError
-from pipeline.generate import (
+from pipeline.core.errors import UserError
+from pipeline.deliver.generate import (
     GenerateReport,
     generate_images,
     image_name,
@@ -25,7 +25,7 @@ from pipeline.generate import (
     shard,
     to_uint8,
 )
-from pipeline.models import ModelSpec, build_generator, save_generator
+from pipeline.gan.models import ModelSpec, build_generator, save_generator
 
 COUNT = 40  # images per run
 NZ = 32

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import CropConfig
-from pipeline.cropping import crop_images, flat_names
-from pipeline.dedupe import content_hash, find_duplicates, mean_colour, perceptual_hash
-from pipeline.images import alpha_bbox, check_geometry, composite, fit, load_image, save_png
+from pipeline.core.config import CropConfig
+from pipeline.ingest.crop import crop_images, flat_names
+from pipeline.ingest.dedupe import content_hash, find_duplicates, mean_colour, perceptual_hash
+from pipeline.ingest.images import alpha_bbox, check_geometry, composite, fit, load_image, save_png
 
 BIG = 10**8  # max_pixels that no test image reaches
 RED, BLUE = (255, 0, 0), (0, 0, 255)

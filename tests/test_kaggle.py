@@ -17,8 +17,8 @@ import pytest
 from kaggle_server import FakeKaggle, port_free
 from PIL import Image
 
-from pipeline.errors import UserError
-from pipeline.sources import fetch
+from pipeline.core.errors import UserError
+from pipeline.ingest.sources import fetch
 
 pytestmark = pytest.mark.skipif(bool(port_free()), reason=port_free() or "port 80 is free")
 

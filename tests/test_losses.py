@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.losses import LOSSES, get_loss, gradient_penalty, path_length_penalty, r1_penalty
+from pipeline.core.errors import UserError
+from pipeline.gan.losses import LOSSES, get_loss, gradient_penalty, path_length_penalty, r1_penalty
 
 REAL = torch.tensor([2.0, -0.5, 1.0])  # D logits on three reals
 FAKE = torch.tensor([-1.0, 0.5, 0.0])  # D logits on three fakes

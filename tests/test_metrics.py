@@ -7,8 +7,8 @@ import pytest
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from pipeline import metrics
-from pipeline.fid import frechet_distance, statistics
+from pipeline.scoring import metrics
+from pipeline.scoring.fid import frechet_distance, statistics
 
 
 def gaussian(n: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:

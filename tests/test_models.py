@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.config import TrainConfig
-from pipeline.errors import UserError
-from pipeline.models import (
+from pipeline.core.config import TrainConfig
+from pipeline.core.errors import UserError
+from pipeline.gan.models import (
     MODELS,
     ModelSpec,
     build_discriminator,
@@ -176,7 +176,7 @@ def test_stylegan2_truncation_zero_gives_the_average_image() -> None:
 
 
 def test_stylegan2_demodulation_normalises_each_output_channel() -> None:
-    from pipeline.models.stylegan2 import ModulatedConv2d
+    from pipeline.gan.models.stylegan2 import ModulatedConv2d
 
     torch.manual_seed(3)
     conv = ModulatedConv2d(c_in=5, c_out=7, kernel=3, w_dim=6)
@@ -188,7 +188,7 @@ def test_stylegan2_demodulation_normalises_each_output_channel() -> None:
 @pytest.mark.parametrize("up", [False, True])
 def test_stylegan2_fused_and_unfused_modconv_agree(up: bool) -> None:
     """The grouped-conv form (paper) and the scale-activations form compute the same thing."""
-    from pipeline.models.stylegan2 import ModulatedConv2d
+    from pipeline.gan.models.stylegan2 import ModulatedConv2d
 
     torch.manual_seed(4)
     conv = ModulatedConv2d(c_in=5, c_out=7, kernel=3, w_dim=6, up=up)
@@ -214,7 +214,7 @@ def test_stylegan2_eval_is_reproducible_and_returns_ws() -> None:
 
 def test_stylegan2_trains_a_step_with_r1_and_path_length() -> None:
     """One D step (logistic + R1) and one G step (+ path length) stay finite and change weights."""
-    from pipeline.losses import get_loss, path_length_penalty, r1_penalty
+    from pipeline.gan.losses import get_loss, path_length_penalty, r1_penalty
 
     torch.manual_seed(6)
     spec = _spec("stylegan2", 32)

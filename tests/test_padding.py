@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import PadConfig
-from pipeline.padding import pad_images
+from pipeline.core.config import PadConfig
+from pipeline.ingest.pad import pad_images
 
 RED = (255, 0, 0)
 

@@ -22,7 +22,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.scorebook import append_history
+from pipeline.scoring.history import append_history
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("stages", "dataset", "training", "samples", "score", "history")

@@ -9,12 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.config import CropConfig
-from pipeline.cropping import crop_images
-from pipeline.decisions import kept, rejected
-from pipeline.errors import UserError
-from pipeline.images import load_image, save_png
-from pipeline.review import apply_reject_list, contact_sheet, matches, read_reject_list, unmatched
+from pipeline.core.config import CropConfig
+from pipeline.core.errors import UserError
+from pipeline.ingest.crop import crop_images
+from pipeline.ingest.decisions import kept, rejected
+from pipeline.ingest.images import load_image, save_png
+from pipeline.ingest.review import (
+    apply_reject_list,
+    contact_sheet,
+    matches,
+    read_reject_list,
+    unmatched,
+)
 
 
 def test_read_reject_list(tmp_path: Path) -> None:

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_params
-from pipeline.runner import MANIFEST, Graph, Project, Stage, StageContext, StageResult, code_files
+from pipeline.core.config import load_params
+from pipeline.core.runner import (
+    MANIFEST,
+    Graph,
+    Project,
+    Stage,
+    StageContext,
+    StageResult,
+    code_files,
+    code_hash,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "pipeline"
 
 SCRIPT = '''
-from pipeline.pack import PackInfo  # a pipeline import: part of the code fingerprint
+from pipeline.ingest.pack import PackInfo  # a pipeline import: part of the code fingerprint
 
 def run(ctx):
     (ctx.out_dir / "value.txt").write_text(str(ctx.params.{section}.{key}))
@@ -93,12 +103,63 @@ def test_editing_a_stage_script_reruns_it(tmp_path):
     toy_graph(tmp_path).run(["d"])
     ran(tmp_path)
     script = tmp_path / "stages" / "c.py"
-    script.write_text(script.read_text() + "\n# an edit\n")
+    script.write_text(script.read_text().replace('"done {name}"'.format(name="c"),
+                                                 '"done c!"'))
     graph = toy_graph(tmp_path)
     assert graph.state("c") == ("stale", "code changed")
     assert graph.state("d")[0] == "stale" and "c changed" in graph.state("d")[1]
     graph.run(["d"])
     assert ran(tmp_path) == ["c", "d"]
+
+
+def test_comment_docstring_and_layout_edits_do_not_rerun(tmp_path):
+    toy_graph(tmp_path).run(["d"])
+    ran(tmp_path)
+    script = tmp_path / "stages" / "c.py"
+    text = script.read_text().replace("def run(ctx):", 'def run(ctx):\n    """Says why."""')
+    text = text.replace("return ", "# a new comment\n    return ").replace(
+        ', {"value": 1}', ',  # rewrapped\n        {"value": 1}')
+    script.write_text("# header comment\n" + text + "\n\n# trailing note\n")
+    assert "rewrapped" in script.read_text() and "Says why" in script.read_text()
+    graph = toy_graph(tmp_path)
+    assert graph.state("c") == ("cached", "")
+    graph.run(["d"])
+    assert ran(tmp_path) == []
+
+
+def _package_copy(tmp_path: Path) -> Path:
+    copy = tmp_path / "copy" / "pipeline"
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
+def test_code_hash_sees_code_in_a_deep_module_but_not_its_comments(tmp_path):
+    package = _package_copy(tmp_path)
+    script = Path(__file__).resolve().parents[1] / "stages" / "train.py"
+    before = code_hash(script, package)
+    losses = package / "gan" / "losses.py"
+    text = losses.read_text()
+    losses.write_text('"""A new module docstring."""\n# a comment\n' + text.split('"""', 2)[2])
+    assert code_hash(script, package) == before
+    losses.write_text(text.replace("return", "return  0 +", 1))
+    assert code_hash(script, package) != before
+
+
+def test_code_fingerprint_follows_relative_imports(tmp_path):
+    package = tmp_path / "pipeline"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from .helper import VALUE\n")
+    (package / "sub" / "helper.py").write_text("from ..deep import X\nVALUE = 1\n")
+    (package / "deep.py").write_text("X = 2\n")
+    script = tmp_path / "stage.py"
+    script.write_text("from pipeline.sub import VALUE\n")
+    names = {p.relative_to(tmp_path).as_posix() for p in code_files(script, package)}
+    assert names == {"stage.py", "pipeline/sub/__init__.py", "pipeline/sub/helper.py",
+                     "pipeline/deep.py"}
+    before = code_hash(script, package)
+    (package / "deep.py").write_text("X = 3\n")
+    assert code_hash(script, package) != before
 
 
 def test_code_fingerprint_follows_pipeline_imports(tmp_path):

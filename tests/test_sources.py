@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import sources
-from pipeline.archive import sha256_file
-from pipeline.errors import UserError
-from pipeline.kaggle_client import find_credentials
-from pipeline.sources import Source, fetch, fetch_npm_tarball, parse_source, read_idx_images
+from pipeline.core.errors import UserError
+from pipeline.core.kaggle import find_credentials
+from pipeline.ingest import sources
+from pipeline.ingest.archive import sha256_file
+from pipeline.ingest.sources import Source, fetch, fetch_npm_tarball, parse_source, read_idx_images
 
 
 def png(seed: int = 0, size: int = 6) -> bytes:

@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.errors import UserError
-from pipeline.generate import generate_images
-from pipeline.models import ModelSpec, build_generator, save_generator
-from pipeline.submission import validate_zip, write_zip
+from pipeline.core.errors import UserError
+from pipeline.deliver.generate import generate_images
+from pipeline.deliver.submission import validate_zip, write_zip
+from pipeline.gan.models import ModelSpec, build_generator, save_generator
 
 SIZE = 16  # image side used by the hand-made zips
 COUNT = 6
@@ -204,8 +204,8 @@ def _submit_in_fresh_process(tmp_path: Path, extra_env: dict[str, str]) -> str:
                XDG_CONFIG_HOME=str(tmp_path / "xdg"), PYTHONPATH=str(ROOT), **extra_env)
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from pipeline.errors import UserError
-        from pipeline.submission import submit_to_kaggle
+        from pipeline.core.errors import UserError
+        from pipeline.deliver.submission import submit_to_kaggle
         try:
             submit_to_kaggle(Path({str(zip_path)!r}), "some-competition-xyz", "test")
         except UserError as error:

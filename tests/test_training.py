@@ -11,15 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import checkpoint as ckpt
-from pipeline import pack
-from pipeline.config import TrainConfig
-from pipeline.diffaug import AdaptiveP, diff_augment, parse_policy, translation
-from pipeline.distributed import Dist
-from pipeline.errors import UserError
-from pipeline.models import load_generator
-from pipeline.plots import make_grid, plot_losses
-from pipeline.training import (
+from pipeline.core.config import TrainConfig
+from pipeline.core.distributed import Dist
+from pipeline.core.errors import UserError
+from pipeline.gan import checkpoint as ckpt
+from pipeline.gan.diffaug import AdaptiveP, diff_augment, parse_policy, translation
+from pipeline.gan.loop import (
     BatchReader,
     BatchSampler,
     Precision,
@@ -31,6 +28,9 @@ from pipeline.training import (
     train,
     update_ema,
 )
+from pipeline.gan.models import load_generator
+from pipeline.gan.plots import make_grid, plot_losses
+from pipeline.ingest import pack
 
 # Every trick on, so that the exact-resume test covers every random draw the loop makes.
 TINY = TrainConfig(

@@ -178,7 +178,7 @@ def train_tiny_yolo(work: Path) -> Path:
 
 def ultralytics_sandbox() -> Path:
     """Keep ultralytics' settings inside the cache, offline and with telemetry off."""
-    from pipeline.detect import configure_ultralytics
+    from pipeline.ingest.detect import configure_ultralytics
 
     config = CACHE / "config"
     os.environ.setdefault("YOLO_OFFLINE", "1")  # no online checks, even where there is network

@@ -20,9 +20,9 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from pipeline import kaggle_client
-from pipeline.archive import sha256_file
-from pipeline.errors import UserError
+from pipeline.core import kaggle
+from pipeline.core.errors import UserError
+from pipeline.ingest.archive import sha256_file
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip time: entries carry no build time
@@ -198,11 +198,11 @@ def validate_zip(zip_path: Path, expected_count: int, size: int, mode: str,
 def submit_to_kaggle(zip_path: Path, competition: str, message: str) -> str:
     """Upload the zip as a submission to `competition`; returns Kaggle's reply message.
 
-    Credentials and errors go through pipeline.kaggle_client, so fetch and submit say the same
+    Credentials and errors go through pipeline.core.kaggle, so fetch and submit say the same
     thing: missing credentials, no network, unaccepted rules (403) or a wrong name (404) each
     raise one UserError sentence.
     """
-    api = kaggle_client._new_api()  # UserError when there are no credentials or no network
+    api = kaggle._new_api()  # UserError when there are no credentials or no network
     rules = f"https://www.kaggle.com/competitions/{competition}/rules"
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the client prints upload progress
@@ -213,7 +213,7 @@ def submit_to_kaggle(zip_path: Path, competition: str, message: str) -> str:
         if isinstance(error, (requests.ConnectionError, requests.Timeout)):
             raise UserError(f"submission to {competition} failed: cannot reach Kaggle (offline?); "
                             "connect to the internet and run the package stage again") from None
-        raise kaggle_client._explain(error, f"submission to {competition}", rules) from None
+        raise kaggle._explain(error, f"submission to {competition}", rules) from None
     text = str(reply.message or "")
     if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"the upload of {zip_path} to Kaggle did not complete; try again")

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.device import resolve_device
-from pipeline.errors import UserError
-from pipeline.models import fold_batchnorm, load_generator
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import UserError
+from pipeline.gan.models import fold_batchnorm, load_generator
 
 # zlib level for the PNGs, measured on 200 128x128 RGB images (one core): DCGAN output 1.0 ms
 # and 13.1 KiB each at level 1 vs 4.5 ms and 10.2 KiB at PIL's default 6; photo crops 1.4 vs

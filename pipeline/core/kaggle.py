@@ -16,8 +16,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.archive import sha256_file
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.ingest.archive import sha256_file
 
 MARKER = "fetched.json"  # written beside an archive once it downloaded completely
 TOKEN_URL = "https://www.kaggle.com/settings/api"

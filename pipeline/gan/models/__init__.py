@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
-from pipeline.models import dcgan, mlp, stylegan2
+from pipeline.core.errors import UserError
+from pipeline.gan.models import dcgan, mlp, stylegan2
 
 if TYPE_CHECKING:
-    from pipeline.config import TrainConfig
+    from pipeline.core.config import TrainConfig
 
 WEIGHTS_FILE = "generator.pt"  # state_dict of the generator (tensors only)
 SPEC_FILE = "generator.json"  # asdict(ModelSpec): what rebuilds the architecture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 def resolve_device(device: str, key: str, local_rank: int = 0) -> torch.device:

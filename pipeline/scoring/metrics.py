@@ -1,7 +1,7 @@
 """Sample-quality metrics on Inception feature arrays: KID, precision/recall, MiFID.
 
 Every function takes (N, D) float arrays of pool3 features (one row per image), generated first,
-reference second, and returns plain floats. FID itself lives in pipeline.fid, next to the
+reference second, and returns plain floats. FID itself lives in pipeline.scoring.fid, next to the
 feature extraction; MiFID takes an FID value computed there.
 
 Large products are done in row blocks so memory stays at a few hundred MB for 10,000 x 10,000

@@ -18,7 +18,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 def knob(default: Any, help: str) -> Any:
@@ -338,7 +338,7 @@ def validate_section(section: str, config: Any, origin: str) -> None:
         need(0 <= config.label_flip < 0.5, "label_flip", "a probability in [0, 0.5)")
         need(config.instance_noise >= 0, "instance_noise", "0 (off) or more")
         need(config.instance_noise_kimg > 0, "instance_noise_kimg", "a number > 0")
-        # The op names of pipeline.diffaug.OPS (not imported: config stays free of torch).
+        # The op names of pipeline.gan.diffaug.OPS (not imported: config stays free of torch).
         need(all(op.strip() in ("color", "translation", "cutout")
                  for op in config.diffaugment.split(",") if op.strip()),
              "diffaugment", "comma-separated ops from color, translation, cutout ('' = off)")

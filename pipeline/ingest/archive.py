@@ -26,7 +26,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 IMAGE = "image"  # FileRecord.kind of an extracted image

@@ -31,9 +31,9 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pipeline import inception, metrics
-from pipeline.device import resolve_device
-from pipeline.errors import UserError
+from pipeline.core.device import resolve_device
+from pipeline.core.errors import UserError
+from pipeline.scoring import inception, metrics
 
 # Named in cache keys and file names (clean-fid's habit): PIL RGB decode, [0, 1] float,
 # bilinear resize to 299 (align_corners=False, no antialias), scaled to [-1, 1].

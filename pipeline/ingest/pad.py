@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import PadConfig
-from pipeline.cropping import flat_names, parallel_map
-from pipeline.decisions import Decision, kept, rejected
-from pipeline.dedupe import content_hash, find_duplicates, mean_colour, perceptual_hash
-from pipeline.images import check_geometry, composite, fit, letterbox_box, load_image, save_png
+from pipeline.core.config import PadConfig
+from pipeline.ingest.crop import flat_names, parallel_map
+from pipeline.ingest.decisions import Decision, kept, rejected
+from pipeline.ingest.dedupe import content_hash, find_duplicates, mean_colour, perceptual_hash
+from pipeline.ingest.images import (
+    check_geometry,
+    composite,
+    fit,
+    letterbox_box,
+    load_image,
+    save_png,
+)
 
 STAGE = "pad"
 # zlib level of data/clean: on 128x128 photo crops level 1 costs 1.4 ms and 37 KiB an image,

@@ -44,11 +44,9 @@ import torch.distributed as torch_dist
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import checkpoint as ckpt
-from pipeline.config import TrainConfig
-from pipeline.device import resolve_device
-from pipeline.diffaug import AdaptiveP, diff_augment, parse_policy
-from pipeline.distributed import (
+from pipeline.core.config import TrainConfig
+from pipeline.core.device import resolve_device
+from pipeline.core.distributed import (
     Dist,
     all_gather_objects,
     all_reduce_mean,
@@ -59,15 +57,17 @@ from pipeline.distributed import (
     shard,
     shutdown,
 )
-from pipeline.errors import UserError
-from pipeline.losses import (
+from pipeline.core.errors import UserError
+from pipeline.gan import checkpoint as ckpt
+from pipeline.gan.diffaug import AdaptiveP, diff_augment, parse_policy
+from pipeline.gan.losses import (
     GANLoss,
     get_loss,
     gradient_penalty,
     path_length_penalty,
     r1_penalty,
 )
-from pipeline.models import (
+from pipeline.gan.models import (
     ModelSpec,
     build_discriminator,
     build_generator,
@@ -75,8 +75,8 @@ from pipeline.models import (
     spec_from_config,
     unwrap,
 )
-from pipeline.pack import open_pack
-from pipeline.plots import plot_losses, read_stats, save_grid
+from pipeline.gan.plots import plot_losses, read_stats, save_grid
+from pipeline.ingest.pack import open_pack
 
 GRID_IMAGES = 64  # images in reals.png / fakes*.png (8 x 8), also the diversity probe
 R1_INTERVAL = 16  # lazy R1: penalise every 16 D steps, weighted x16 (StyleGAN2's default)

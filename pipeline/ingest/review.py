@@ -17,10 +17,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.cropping import flat_names
-from pipeline.decisions import KEPT, Decision, rejected
-from pipeline.errors import UserError
-from pipeline.images import composite, load_image
+from pipeline.core.errors import UserError
+from pipeline.ingest.crop import flat_names
+from pipeline.ingest.decisions import KEPT, Decision, rejected
+from pipeline.ingest.images import composite, load_image
 
 STAGE = "crop"
 REJECT_REASON = "in reject list"

@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.config import CropConfig
-from pipeline.cropping import flat_names
-from pipeline.decisions import Decision, kept, rejected
-from pipeline.errors import UserError
-from pipeline.images import composite, load_image, save_png
+from pipeline.core.config import CropConfig
+from pipeline.core.errors import UserError
+from pipeline.ingest.crop import flat_names
+from pipeline.ingest.decisions import Decision, kept, rejected
+from pipeline.ingest.images import composite, load_image, save_png
 
 STAGE = "crop"
 DETECT_BACKGROUND = (255, 255, 255)  # transparent pixels are shown to YOLO as white

@@ -14,23 +14,26 @@ from __future__ import annotations
 import ast
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
 import sys
 import time
+import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Params, canonical
+from pipeline.core.config import Params, canonical
 
 MANIFEST = "manifest.json"
-# Modules whose edits do not change any stage's results: config semantics enter the fingerprint
-# through the canonical params (defaults included), the rest is plumbing.
-INFRASTRUCTURE = {"__init__.py", "__main__.py", "cli.py", "config.py", "errors.py", "runner.py"}
+# Modules (relative to pipeline/) whose edits do not change any stage's results: config semantics
+# enter the fingerprint through the canonical params (defaults included), the rest is plumbing.
+INFRASTRUCTURE = {"__init__.py", "__main__.py", "cli.py", "core/__init__.py", "core/config.py",
+                  "core/errors.py", "core/runner.py"}
 
 
 @dataclass(frozen=True)
@@ -111,26 +114,45 @@ def _hash(parts: Sequence[str]) -> str:
 # Code fingerprint: the stage script and the pipeline modules it imports, transitively
 
 
+def _module_files(name: str, package_dir: Path) -> set[Path]:
+    """The file(s) of dotted module `name` ("pipeline.gan.loop"), if it is one of ours."""
+    parts = name.split(".")
+    if parts[0] != package_dir.name or len(parts) == 1:
+        return set()
+    relative = Path(*parts[1:])
+    return {c for c in (package_dir / relative.with_suffix(".py"),
+                        package_dir / relative / "__init__.py") if c.is_file()}
+
+
+def _dotted_name(path: Path, package_dir: Path) -> list[str]:
+    """pipeline/gan/loop.py -> ["pipeline", "gan", "loop"] (package __init__ -> the package)."""
+    parts = [package_dir.name, *path.relative_to(package_dir).with_suffix("").parts]
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
 def _imported_pipeline_files(source_file: Path, package_dir: Path) -> set[Path]:
-    """Files of `pipeline` modules that `source_file` imports directly."""
+    """Files of `pipeline` modules that `source_file` imports directly, relative imports too."""
     tree = ast.parse(source_file.read_text(encoding="utf-8"))
+    inside = source_file.resolve().is_relative_to(package_dir.resolve())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-    files = set()
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # `from . import x`, `from ..core import y`: resolve against the file
+                if not inside:
+                    continue
+                base = _dotted_name(source_file.resolve(), package_dir.resolve())
+                is_package = source_file.name == "__init__.py"
+                base = base if is_package else base[:-1]
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                module = ".".join([*base, module] if module else base)
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    files: set[Path] = set()
     for name in names:
-        parts = name.split(".")
-        if parts[0] != package_dir.name or len(parts) == 1:
-            continue
-        relative = Path(*parts[1:])
-        for candidate in (package_dir / relative.with_suffix(".py"),
-                          package_dir / relative / "__init__.py"):
-            if candidate.is_file():
-                files.add(candidate)
+        files |= _module_files(name, package_dir)
     return files
 
 
@@ -144,15 +166,42 @@ def code_files(script: Path, package_dir: Path) -> list[Path]:
             continue
         seen.add(current)
         todo.extend(_imported_pipeline_files(current, package_dir) - seen)
-    return sorted(p for p in seen if p == script or p.name not in INFRASTRUCTURE
-                  or p.parent != package_dir)
+    return sorted(p for p in seen if p == script
+                  or p.relative_to(package_dir).as_posix() not in INFRASTRUCTURE)
+
+
+def normalized_source(path: Path) -> str:
+    """The code of a Python file without comments, docstrings or layout: what it does.
+
+    Editing a comment, a docstring or the wrapping of a line leaves this unchanged, so it does
+    not rerun (and retrain) a stage; any change to a name, a literal or an operator does.
+    """
+    source = path.read_text(encoding="utf-8")
+    docstrings: set[tuple[int, int]] = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        first = body[0] if isinstance(body, list) and body else None
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            docstrings.add((body[0].lineno, body[0].col_offset))
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+            tokenize.ENCODING, tokenize.ENDMARKER}
+    kept = []
+    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+    for token in tokens:
+        if token.type in skip or (token.type == tokenize.STRING and token.start in docstrings):
+            continue
+        kept.append(token.string)
+    # Statements are separated by their tokens' structure; a space keeps tokens apart.
+    return " ".join(kept)
 
 
 def code_hash(script: Path, package_dir: Path) -> str:
     parts = []
     for path in code_files(script, package_dir):
         parts.append(path.name if path == script else str(path.relative_to(package_dir.parent)))
-        parts.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        parts.append(hashlib.sha256(normalized_source(path).encode("utf-8")).hexdigest())
     return _hash(parts)
 
 

@@ -3,7 +3,7 @@
 Fetched datasets come in any layout, format and file name. This module decodes each file safely,
 crops transparent cut-outs (emoji renders, product shots) to their opaque extent, and writes one
 flat, readable PNG per kept image, so pad and later stages see a uniform folder. The YOLO method
-lives in pipeline/detect.py and reuses `flat_names` and `parallel_map` from here.
+lives in pipeline/ingest/detect.py and reuses `flat_names` and `parallel_map` from here.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from pipeline.config import CropConfig
-from pipeline.decisions import Decision, kept, rejected
-from pipeline.images import alpha_bbox, load_image, save_png
+from pipeline.core.config import CropConfig
+from pipeline.ingest.decisions import Decision, kept, rejected
+from pipeline.ingest.images import alpha_bbox, load_image, save_png
 
 STAGE = "crop"
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; leave room for suffixes
@@ -133,7 +133,7 @@ def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, m
     in source pixels. `workers` processes (0 = one per CPU core).
     """
     if cfg.method not in ("alpha", "none"):
-        raise ValueError(f"crop method {cfg.method!r} is not handled here (yolo: pipeline.detect)")
+        raise ValueError(f"crop method {cfg.method!r} is not handled here (yolo: ingest.detect)")
     out_dir.mkdir(parents=True, exist_ok=True)
     # Sorted relative paths fix both the row order and the name given to each output.
     rels = sorted(Path(f).relative_to(root).as_posix() for f in files)

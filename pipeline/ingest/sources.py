@@ -24,8 +24,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import kaggle_client
-from pipeline.archive import (
+from pipeline.core import kaggle
+from pipeline.core.errors import UserError
+from pipeline.ingest.archive import (
     BEYOND_LIMIT,
     IGNORED,
     IMAGE,
@@ -37,7 +38,6 @@ from pipeline.archive import (
     safe_extract,
     sha256_file,
 )
-from pipeline.errors import UserError
 
 SOURCE_FORMS = (
     "builtin:fluent-emoji-3d, builtin:fashion-mnist, builtin:mnist, dir:PATH, zip:PATH, "
@@ -332,7 +332,7 @@ def _copy_dir(root: Path, files_dir: Path, limit: int, quiet: bool,
 
 
 # ----------------------------------------------------------------------------------------------
-# kaggle: and kaggle-competition: (the client itself lives in pipeline.kaggle_client)
+# kaggle: and kaggle-competition: (the client itself lives in pipeline.core.kaggle)
 
 
 def _fetch_kaggle(src: Source, files_dir: Path, downloads_dir: Path, limit: int,
@@ -340,7 +340,7 @@ def _fetch_kaggle(src: Source, files_dir: Path, downloads_dir: Path, limit: int,
     owner, slug = src.name.split("/")
     # One cache folder per source string: each version is its own download.
     cache = downloads_dir / "kaggle" / owner / (slug + (f"@{src.version}" if src.version else ""))
-    archive, license_text = kaggle_client.download_dataset(owner, slug, src.version, cache, quiet)
+    archive, license_text = kaggle.download_dataset(owner, slug, src.version, cache, quiet)
     report = safe_extract(archive, files_dir, limit=limit, quiet=quiet)
     return _Fetched(list(report.records), archive, license_text)
 
@@ -348,7 +348,7 @@ def _fetch_kaggle(src: Source, files_dir: Path, downloads_dir: Path, limit: int,
 def _fetch_competition(src: Source, files_dir: Path, downloads_dir: Path, limit: int,
                        quiet: bool) -> _Fetched:
     cache = downloads_dir / "kaggle-competition" / src.name
-    archive = kaggle_client.download_competition(src.name, cache, quiet)
+    archive = kaggle.download_competition(src.name, cache, quiet)
     report = safe_extract(archive, files_dir, limit=limit, quiet=quiet)
     return _Fetched(list(report.records), archive)
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 
 class GANLoss:

@@ -31,8 +31,8 @@ from pytorch_fid.inception import (
 )
 from torch import nn
 
-from pipeline.archive import sha256_file
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
+from pipeline.ingest.archive import sha256_file
 
 # pytorch-fid's own weight file; its name carries the first 8 hex digits of its sha256 (torch hub).
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"

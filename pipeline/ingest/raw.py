@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.archive import sha256_file
+from pipeline.ingest.archive import sha256_file
 
 
 def list_fetched_images(raw_dir: Path) -> list[Path]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 T = TypeVar("T")
 

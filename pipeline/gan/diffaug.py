@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import UserError
+from pipeline.core.errors import UserError
 
 TRANSLATE_RATIO = 1 / 8  # largest shift, as a fraction of the image side
 CUTOUT_RATIO = 1 / 2  # side of the erased square, as a fraction of the image side

@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import pack
-from pipeline.pack import PackInfo
+from pipeline.ingest import pack
+from pipeline.ingest.pack import PackInfo
 
 
 def transform_names(hflip: bool, rotations: tuple[float, ...]) -> tuple[str, ...]:

@@ -1,0 +1,1 @@
+"""What leaves the project: generated PNGs and the validated submission zip."""

@@ -1,0 +1,1 @@
+"""From a source to a training pack: fetch, safe extraction, decoding, crop, pad, dedupe, pack."""

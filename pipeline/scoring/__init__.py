@@ -1,0 +1,1 @@
+"""How good the images are: Inception features, FID, KID, precision/recall, MiFID, history."""
