@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from pipeline.gan.models.registry import D_HEADS, ModelFamily, ModelSpec, register_model
+
 SIZES = (28, 32, 64, 128, 256)  # image sides (pixels) the conv stacks support
 G_BASE = 4096  # generator channels at an r x r map = G_BASE / r (1024 at 4x4)
 D_BASE = 2048  # discriminator channels at an r x r map = D_BASE / r (512 at 4x4)
@@ -136,3 +138,18 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x)  # (N, 1, r, r); r = 1 for the global head
         return logits.flatten(1) if self.patch else logits.reshape(-1)  # (N, r*r) or (N,)
+
+
+@register_model("dcgan")
+class DCGANFamily(ModelFamily):
+    """The seeds' DCGAN-128 (BatchNorm in G and D); global or PatchGAN discriminator head."""
+
+    sizes = SIZES
+    d_heads = D_HEADS
+    batchnorm = True
+
+    def generator(self, spec: ModelSpec) -> nn.Module:
+        return Generator(spec.size, spec.channels, spec.nz, spec.width)
+
+    def discriminator(self, spec: ModelSpec) -> nn.Module:
+        return Discriminator(spec.size, spec.channels, spec.width, patch=spec.d_head == "patch")

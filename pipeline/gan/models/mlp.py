@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.gan.models.registry import ModelFamily, ModelSpec, register_model
+
 G_HIDDEN = (256, 512, 1024)  # seed 001 generator hidden units
 D_HIDDEN = (1024, 512, 256)  # seed 001 discriminator hidden units
 DROPOUT = 0.3  # seed 001 discriminator dropout
@@ -60,3 +62,17 @@ class Discriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # flatten copes with channels-last tensors (a .view would fail on them)
         return self.net(torch.flatten(x, 1)).reshape(-1)  # (N,)
+
+
+@register_model("mlp")
+class MLPFamily(ModelFamily):
+    """The seeds' teaching GAN: fully connected, any pad size."""
+
+    sizes = (28, 32, 64, 128, 256)
+    channels_last = False  # no convolutions to gain from NHWC
+
+    def generator(self, spec: ModelSpec) -> nn.Module:
+        return Generator(spec.size, spec.channels, spec.nz, spec.width)
+
+    def discriminator(self, spec: ModelSpec) -> nn.Module:
+        return Discriminator(spec.size, spec.channels, spec.width)

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.gan.models.registry import ModelFamily, ModelSpec, register_model
+
 SIZES = (32, 64, 128, 256)  # image sides (pixels) this implementation supports
 MAPPING_LR = 0.01  # learning-rate multiplier of the mapping network (reference value)
 W_AVG_BETA = 0.995  # decay of the running average of w, per training forward pass
@@ -398,3 +400,27 @@ class Discriminator(nn.Module):
         x = self.blocks(self.from_rgb(x))  # (N, c4, 4, 4)
         x = self.conv(minibatch_stddev(x))  # (N, c4, 4, 4)
         return self.out(self.fc(x.flatten(1))).reshape(-1)  # (N,)
+
+
+@register_model("stylegan2")
+class StyleGAN2Family(ModelFamily):
+    """StyleGAN2: mapping network (truncation), R1 and path-length regularisation."""
+
+    sizes = SIZES
+    regularisers = ("r1", "path_length")
+    has_mapping = True
+
+    def check(self, spec: ModelSpec) -> None:
+        check_arch(spec.size, spec.w_dim, spec.mapping_layers, spec.channel_base,
+                   spec.channel_max, spec.style_mixing)
+
+    def generator(self, spec: ModelSpec) -> nn.Module:
+        return Generator(
+            size=spec.size, channels=spec.channels, z_dim=spec.nz, w_dim=spec.w_dim,
+            mapping_layers=spec.mapping_layers, channel_base=spec.channel_base,
+            channel_max=spec.channel_max, style_mixing=spec.style_mixing,
+        )
+
+    def discriminator(self, spec: ModelSpec) -> nn.Module:
+        return Discriminator(size=spec.size, channels=spec.channels,
+                             channel_base=spec.channel_base, channel_max=spec.channel_max)
