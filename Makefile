@@ -24,8 +24,9 @@ STAGES := fetch crop pad augment generate package score
         lint clean clean-all env
 
 help: ## list every target with one line
-	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[$$()a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^[$$](STAGES)/<stage>/' | \
 	  awk 'BEGIN {FS = ":.*## "} {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@echo "  <stage> is one of: $(STAGES) (train: see above)"
 
 env: $(STAMP) ## create .venv with the pinned dependencies (done by every target)
 
@@ -41,7 +42,7 @@ all: $(STAMP) ## every stage up to submissions/images.zip (10,000 PNGs, validate
 fid: $(STAMP) ## local score (FID, KID, precision/recall, MiFID) -> data/score/score.json
 	$(RUN) score
 
-fetch crop pad augment generate package score: $(STAMP) ## run one stage (and what it needs)
+$(STAGES): $(STAMP) ## run one stage (and what it needs)
 	$(RUN) $@
 
 train: $(STAMP) ## train the GAN (GPUS=N NODES=M launch torchrun DDP)

@@ -1,110 +1,190 @@
-"""Quality at an equal CPU budget: DCGAN-RaLSGAN against StyleGAN2 on the embedded emoji at 64 px.
+"""The equal-budget tournament: every model family, its recommended recipe, the same minutes.
 
-Usage (from the repository root):
-    .venv/bin/python bench/bench_models.py --minutes 10       # the run in bench/RESULTS.md
-    .venv/bin/python bench/bench_models.py --minutes 0.05 --n 32 --limit 48   # a smoke run
+Usage (from the repository root, on a quiet machine: nothing else running):
+    .venv/bin/python bench/bench_models.py --size 64 --minutes 10            # the 64 px round
+    .venv/bin/python bench/bench_models.py --size 128 --minutes 15 --only dcgan-ralsgan fastgan
+    .venv/bin/python bench/bench_models.py --size 64 --minutes 0.05 --n 24 --limit 40  # smoke
 
-Each model gets its own project folder under --out (params.yaml with pad.size=64 plus the model's
-settings below) and runs the real pipeline. First both run `python -m pipeline run train` side
-by side, one torch thread each (train.threads=1): fetch, crop, pad, augment, then training for
-exactly `--minutes` of wall clock (train.minutes, with a kimg no run reaches), so each gets one
-core for the same time, an equal CPU budget. Then, one after the other, `run score`: --n
-generated PNGs scored against that folder's data/clean (the 2,611 64-px emoji); the second
-project reuses the first one's reference statistics (same pixels, same cache key). Prints kimg
-reached, img/s, FID and KID per model; the grids are <out>/<model>/data/train/fakes*.png.
+One entry at a time, never side by side: each gets the whole machine (both cores) for exactly
+`--minutes` of training wall clock (train.minutes, with a kimg no run reaches; evaluation of
+snapshots counts in that time, as it does in `make all`). Then `run score`: --n generated PNGs
+(from the best evaluated snapshot, generate.snapshot=best) against that size's data/clean, with
+pytorch-fid's Inception: the same reference, the same n, the same scorer for every entry.
+
+Resumable: the data stages run once per size in <out>/<size>px/base and are hard-linked into
+each entry's project; each finished entry appends one JSON line to <out>/results.jsonl, and a
+rerun skips entries already there (same size, minutes, n, recipe). A killed entry restarts.
+Grids: <out>/<size>px/<entry>/data/train/fakes*.png, and the best snapshot's samples are copied
+to bench/results/tournament-<size>px-<entry>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import numpy as np
+from PIL import Image
 
-# What a contestant would pick for each family on this data (see params.yaml and
-# profiles/wrist-watch.yaml); the CPU-sized StyleGAN2 channels are the train defaults.
-MODELS: dict[str, list[str]] = {
-    "dcgan-ralsgan": [  # params.yaml's settings: seed 004's recipe at a quarter width
-        "train.model=dcgan", "train.loss=ralsgan",
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from pipeline.gan.plots import make_grid  # noqa: E402
+from pipeline.scoring.snapshots import SnapshotScorer  # noqa: E402
+
+# Each family's recipe as a contestant would set it on two CPU cores: the paper's loss, tricks
+# and optimiser, at a width this machine can train. eval_kimg aims at about four evaluations.
+RECIPES: dict[str, list[str]] = {
+    "dcgan-ralsgan": [  # params.yaml: seed 004's recipe at a quarter width
+        "train.model=dcgan", "train.loss=ralsgan", "train.width=0.25", "train.batch_size=64",
+        "train.lr_g=0.0008", "train.lr_d=0.0008", "train.real_label=0.8", "train.ema_kimg=2",
+        "train.eval_kimg=20",
     ],
-    "stylegan2": [  # seed 000's recipe: non-saturating loss + lazy R1, Adam(0.0025, 0, 0.99)
+    "dcgan-diffaug": [  # the same network with DiffAugment and the DiffAugment paper's lr
+        "train.model=dcgan", "train.loss=ralsgan", "train.width=0.25", "train.batch_size=64",
+        "train.lr_g=0.0002", "train.lr_d=0.0002", "train.real_label=0.8", "train.ema_kimg=2",
+        "train.diffaugment=color,translation", "train.eval_kimg=20",
+    ],
+    "stylegan2": [  # seed 000 / ADA's small-data recipe: non-saturating + lazy R1, Adam(0, 0.99)
         "train.model=stylegan2", "train.loss=nonsaturating", "train.batch_size=32",
         "train.lr_g=0.0025", "train.lr_d=0.0025", "train.beta1=0.0", "train.beta2=0.99",
-        "train.r1_gamma=0.1", "train.ema_kimg=10",
+        "train.r1_gamma=0.1", "train.ema_kimg=10", "train.eval_kimg=2",
+        "train.diffaugment=color,translation,cutout",
+    ],
+    "fastgan": [  # Liu et al. 2021: hinge, DiffAugment color+translation, Adam(2e-4, 0.5, 0.999)
+        "train.model=fastgan", "train.loss=hinge", "train.width=0.125", "train.batch_size=16",
+        "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
+        "train.diffaugment=color,translation", "train.ema_kimg=2", "train.eval_kimg=5",
+    ],
+    "r3gan": [  # Huang et al. 2024: RpGAN + R1 + R2 every step, Adam(2e-4, 0, 0.99), no tricks
+        "train.model=r3gan", "train.loss=rpgan", "train.width=0.125", "train.batch_size=32",
+        "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.0", "train.beta2=0.99",
+        "train.r1_gamma=0.05", "train.r2_gamma=0.05", "train.reg_interval=1",
+        "train.ema_kimg=2", "train.eval_kimg=3",
     ],
 }
+DATA_STAGES = ("raw", "crop", "clean", "pack", "cache")  # folders shared by every entry
 
 
-def pipeline_command(stage: str, name: str, project: Path, args: argparse.Namespace) -> list[str]:
-    """`python -m pipeline run <stage>` in `project` with this benchmark's settings."""
-    settings = [f"fetch.limit={args.limit}", "pad.size=64", "pad.workers=1", "train.threads=1",
-                f"train.minutes={args.minutes}", "train.kimg=100000",
-                f"train.snapshot_kimg={max(1, round(args.minutes))}",
-                f"generate.count={args.n}", f"score.n={args.n}", *MODELS[name]]
+def common_settings(args: argparse.Namespace) -> list[str]:
+    """What every entry shares: data, budget, sample sizes."""
+    return [f"fetch.limit={args.limit}", f"pad.size={args.size}", f"train.minutes={args.minutes}",
+            "train.kimg=100000", "train.tick_kimg=1", "train.checkpoint_kimg=4",
+            "train.snapshot_kimg=4", f"train.eval_n={min(args.eval_n, args.n)}",
+            f"generate.count={args.n}", f"score.n={args.n}", "generate.snapshot=best"]
+
+
+def pipeline(stage: str, project: Path, settings: list[str]) -> subprocess.CompletedProcess:
+    """`python -m pipeline run <stage>` in `project`; a failure ends the benchmark loudly."""
     command = [sys.executable, "-m", "pipeline", "run", stage, "--root", str(project),
                "--params", str(ROOT / "params.yaml"), "--quiet"]
     for setting in settings:
         command += ["--set", setting]
-    return command
-
-
-def check(name: str, done: subprocess.CompletedProcess | subprocess.Popen, out: str) -> None:
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{out[-3000:]}")
+        raise SystemExit(f"{project.name}: {stage} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return done
 
 
-def results(name: str, project: Path) -> dict:
+def prepare_base(base: Path, args: argparse.Namespace) -> None:
+    """fetch -> crop -> pad -> augment once for this size, plus the reference statistics."""
+    base.mkdir(parents=True, exist_ok=True)
+    pipeline("augment", base, common_settings(args) + RECIPES["dcgan-ralsgan"])
+    # Reference statistics of data/clean into the shared cache, so no entry pays for them.
+    SnapshotScorer(base / "data/clean", base / "data/cache", 10, 8, torch.device("cpu"))
+
+
+def entry_project(base: Path, project: Path) -> None:
+    """A fresh project whose data stages are hard links of the base's (cached by content)."""
+    shutil.rmtree(project, ignore_errors=True)
+    for name in DATA_STAGES:
+        if (base / "data" / name).exists():
+            shutil.copytree(base / "data" / name, project / "data" / name, copy_function=os.link)
+
+
+def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
+    """Train, generate and score one entry; return its row."""
+    project = base.parent / name
+    entry_project(base, project)
+    settings = common_settings(args) + RECIPES[name]
+    start = time.perf_counter()
+    pipeline("train", project, settings)
+    train_seconds = time.perf_counter() - start
+    pipeline("score", project, settings)
     train = json.loads((project / "data/train/manifest.json").read_text())
     score = json.loads((project / "data/score/score.json").read_text())
-    return {"model": name, "kimg": train["counts"]["kimg"],
-            "img_per_s": train["counts"]["img_per_s"], "fid": score["fid"],
-            "kid": score["kid_mean"], "n": score["n_generated"]}
+    generated = json.loads((project / "data/generated/manifest.json").read_text())
+    evals = [json.loads(line) for line in (project / "data/train/eval.jsonl").read_text()
+             .splitlines()] if (project / "data/train/eval.jsonl").exists() else []
+    save_samples(project, ROOT / "bench/results" / f"tournament-{args.size}px-{name}.png")
+    return {"size": args.size, "minutes": args.minutes, "n": args.n, "entry": name,
+            "recipe": RECIPES[name], "kimg": train["counts"]["kimg"],
+            "img_per_s": train["counts"]["img_per_s"], "train_wall_s": round(train_seconds),
+            "fid": score["fid"], "kid": score["kid_mean"], "precision": score["precision"],
+            "recall": score["recall"], "generator": generated["counts"].get("generator"),
+            "evals": evals, "cpu": cpu_name()}
+
+
+def save_samples(project: Path, path: Path) -> None:
+    """The first 64 generated PNGs as one 8x8 grid: what the score was computed on."""
+    files = sorted((project / "data/generated").glob("*.png"))[:64]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(make_grid(images)).save(path, optimize=True)
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip() + f" x{os.cpu_count()}"
+    return "unknown"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per model")
+    parser.add_argument("--size", type=int, default=64, help="pad.size: 64 or 128")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per entry")
     parser.add_argument("--n", type=int, default=2048, help="images generated and scored")
+    parser.add_argument("--eval-n", type=int, default=500, help="samples per snapshot score")
     parser.add_argument("--limit", type=int, default=0, help="emoji used (0 = all)")
+    parser.add_argument("--only", nargs="*", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/models")
     args = parser.parse_args()
 
-    projects = {name: args.out / name for name in MODELS}
-    for project in projects.values():
-        shutil.rmtree(project, ignore_errors=True)
-        project.mkdir(parents=True)
-    # 1. Train side by side: one core each for the same minutes.
-    start = time.perf_counter()
-    running = {name: subprocess.Popen(pipeline_command("train", name, project, args), cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for name, project in projects.items()}
-    for name, process in running.items():
-        out, _ = process.communicate()
-        check(name, process, out)
-    print(f"trained both in {time.perf_counter() - start:.0f} s", flush=True)
-    # 2. Generate and score one after the other; the second reuses the reference statistics.
-    rows, first = [], None
-    for name, project in projects.items():
-        if first is not None:
-            shutil.copytree(first / "data/cache", project / "data/cache", dirs_exist_ok=True)
-        done = subprocess.run(pipeline_command("score", name, project, args), cwd=ROOT,
-                              capture_output=True, text=True)
-        check(name, done, done.stdout + done.stderr)
-        rows.append(results(name, project))
-        first = first or project
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{args.minutes:g} minutes of training on one core each, 64 px emoji, "
-          f"FID on {args.n} images:")
+    base = args.out / f"{args.size}px" / "base"
+    results = args.out / "results.jsonl"
+    done = [json.loads(line) for line in results.read_text().splitlines()] if (
+        results.exists()) else []
+    prepare_base(base, args)
+    rows = []
+    for name in args.only:
+        same = [r for r in done if (r["size"], r["minutes"], r["n"], r["entry"], r["recipe"]) ==
+                (args.size, args.minutes, args.n, name, RECIPES[name])]
+        if same:
+            rows.append(same[-1])
+            print(f"{name}: already measured, skipped", flush=True)
+            continue
+        rows.append(run_entry(name, base, args))
+        with results.open("a", encoding="utf-8") as handle:  # each result as it lands
+            handle.write(json.dumps(rows[-1]) + "\n")
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "evals"}), flush=True)
+    print(f"\n{args.size} px emoji, {args.minutes:g} minutes of training each on this machine, "
+          f"FID/KID on {args.n} images against data/clean:")
     for row in rows:
-        print(f"  {row['model']:<14} {row['kimg']:8.1f} kimg {row['img_per_s']:7.1f} img/s  "
-              f"FID {row['fid']:7.2f}  KID {row['kid']:.4f}")
-    ratio = rows[1]["fid"] / rows[0]["fid"]
-    print(f"FID ratio stylegan2 / dcgan-ralsgan: {ratio:.2f}x")
+        print(f"  {row['entry']:<14} {row['kimg']:8.1f} kimg {row['img_per_s']:7.1f} img/s  "
+              f"FID {row['fid']:7.2f}  KID {row['kid']:.4f}  P {row['precision']:.2f} "
+              f"R {row['recall']:.2f}")
+    best = min(rows, key=lambda row: row["fid"])
+    for row in rows:
+        print(f"FID ratio {row['entry']} / {best['entry']}: {row['fid'] / best['fid']:.2f}x")
 
 
 if __name__ == "__main__":

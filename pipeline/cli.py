@@ -19,6 +19,7 @@ import io
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -26,8 +27,10 @@ from typing import Annotated, TextIO
 
 import typer
 
+from pipeline.core import layout
 from pipeline.core.config import SECTIONS, load_params, section_doc
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_text
 from pipeline.core.runner import Graph, Project
 
 app = typer.Typer(
@@ -97,10 +100,13 @@ def log_to_file(folder: Path, names: list[str]) -> Iterator[None]:
     """Copy what the run prints (summary lines, tables, warnings) to data/logs/<time>-<stages>.log.
 
     Progress bars go to the terminal only: their carriage-return redraws would bury the log.
+    Python warnings (ours and libraries') are printed to stdout as "warning: ..." lines while
+    the run lasts, so the log keeps them too; stderr itself is not copied.
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(names)}.log"
-    with path.open("a", encoding="utf-8") as log:
+    with path.open("a", encoding="utf-8") as log, warnings.catch_warnings():
+        warnings.showwarning = _print_warning  # catch_warnings restores the original on exit
         original = sys.stdout
         sys.stdout = _Tee(original, log)
         try:
@@ -110,6 +116,13 @@ def log_to_file(folder: Path, names: list[str]) -> Iterator[None]:
             raise
         finally:
             sys.stdout = original
+
+
+def _print_warning(message: Warning | str, category: type[Warning], filename: str,
+                   lineno: int, file: TextIO | None = None, line: str | None = None) -> None:
+    """warnings.showwarning replacement: one 'warning: ...' line on stdout (the tee)."""
+    print(f"warning: {message} ({category.__name__}, {Path(filename).name}:{lineno})",
+          flush=True)
 
 
 class _Tee(io.TextIOBase):
@@ -172,8 +185,8 @@ def params_doc(
 ) -> None:
     """Every parameter of params.yaml with its type, default and meaning."""
     if update_readme:
-        update_readme.write_text(readme_with_params(update_readme.read_text(encoding="utf-8")),
-                                 encoding="utf-8")
+        atomic_write_text(update_readme,
+                          readme_with_params(update_readme.read_text(encoding="utf-8")))
         return
     print(params_markdown() if markdown else params_text())
 
@@ -208,7 +221,7 @@ def params_text() -> str:
 
 def _print_ingest_counts(graph: Graph) -> None:
     """Counts by reason from the ingest decision record (data/clean/ingest.csv)."""
-    record = graph.output_dir("pad") / "ingest.csv"
+    record = graph.output_dir("pad") / layout.INGEST_CSV
     if not record.exists():
         return
     import pandas as pd

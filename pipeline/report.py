@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from pipeline.core import layout
 from pipeline.core.runner import Graph, swap_into_place
 from pipeline.gan.plots import make_grid, read_stats
 from pipeline.ingest.decisions import count_by_reason, read_decisions, rejected
@@ -218,7 +219,7 @@ def _funnel(graph: Graph) -> list[tuple[str, int]]:
 
 def _decision_rows(graph: Graph) -> pd.DataFrame:
     """One row per image that entered ingest: pad's consolidated record, else crop's."""
-    for stage, name in (("pad", "ingest.csv"), ("crop", "decisions.csv")):
+    for stage, name in (("pad", layout.INGEST_CSV), ("crop", layout.DECISIONS_CSV)):
         path = graph.output_dir(stage) / name
         if _ran(graph, stage) and path.exists():
             return read_decisions(path)
@@ -292,8 +293,10 @@ def _short_reason(stage: str, reason: str) -> str:
 def _rejected_source(graph: Graph, file: str, stage: str) -> Path | None:
     """Where a rejected picture can still be seen: crop's output for pad's rejections, the
     fetched file for crop's (pad names its input by crop's output name)."""
-    candidates = [graph.output_dir("crop") / "images" / file] if stage == "pad" else []
-    candidates.append(graph.output_dir("fetch") / "files" / file)
+    candidates: list[Path] = []
+    if stage == "pad":
+        candidates.append(graph.output_dir("crop") / layout.CROP_IMAGES_DIR / file)
+    candidates.append(graph.output_dir("fetch") / layout.RAW_FILES_DIR / file)
     return next((path for path in candidates if path.is_file()), None)
 
 
@@ -330,7 +333,7 @@ def dataset_section(page: Page) -> str:
     lines = [f"{label}: <b>{count:,}</b>" for label, count in funnel]
     if ignored:
         lines.append(f"other files ignored by fetch: {ignored:,}")
-    pack = graph.output_dir("augment") / "pack.json"
+    pack = graph.output_dir("augment") / layout.PACK_JSON
     if _ran(graph, "augment") and pack.exists():
         info = json.loads(pack.read_text(encoding="utf-8"))
         lines.append(f"pack: {info.get('size')} px, {info.get('channels')} channel(s), "
@@ -397,7 +400,7 @@ def _snapshots(train_dir: Path) -> list[Path]:
 
 def _options_line(train_dir: Path) -> str:
     """The few training options that explain the curves (model, loss, length, batch, lr)."""
-    path = train_dir / "training_options.json"
+    path = train_dir / layout.TRAINING_OPTIONS_JSON
     if not path.exists():
         return ""
     config = json.loads(path.read_text(encoding="utf-8")).get("config", {})
@@ -415,12 +418,12 @@ def training_section(page: Page) -> str:
         return _section("training", "Training", _not_run("train"))
     train_dir = graph.output_dir("train")
     parts = [_stale_note(graph, "train"), _options_line(train_dir)]
-    rows = read_stats(train_dir / "stats.jsonl")
+    rows = read_stats(train_dir / layout.STATS_JSONL)
     if rows:
         _plot_training(rows, page.picture("training.png"))
         parts.append(_img("training.png", "losses and discriminator outputs", "plot"))
     else:
-        parts.append(_note("no stats.jsonl in data/train/ (the run logged no tick)"))
+        parts.append(_note(f"no {layout.STATS_JSONL} in data/train/ (the run logged no tick)"))
     figures = []
     if (train_dir / "reals.png").exists():
         shutil.copy2(train_dir / "reals.png", page.picture("train_reals.png"))
@@ -495,7 +498,7 @@ def _score_rows(score: dict[str, Any]) -> list[list[str]]:
 def score_section(page: Page) -> str:
     """The latest score table with the scorer's warnings."""
     graph = page.graph
-    path = graph.output_dir("score") / "score.json"
+    path = graph.output_dir("score") / layout.SCORE_JSON
     if not (_ran(graph, "score") and path.exists()):
         return _section("score", "Score", _not_run("score"))
     score = json.loads(path.read_text(encoding="utf-8"))
@@ -526,7 +529,7 @@ def _plot_history(history: pd.DataFrame, path: Path) -> None:
 def history_section(page: Page) -> str:
     """Scores across runs, so a contestant sees which change helped (table, plot from 2 runs)."""
     graph = page.graph
-    path = graph.output_dir("score") / "history.csv"
+    path = graph.output_dir("score") / layout.HISTORY_CSV
     if not (_ran(graph, "score") and path.exists()):
         return _section("history", "Score history", _not_run("score"))
     history = pd.read_csv(path)
@@ -542,7 +545,7 @@ def history_section(page: Page) -> str:
     parts.append(_table(columns, rows, "history"))
     if len(history) > HISTORY_ROWS:
         parts.append(_note(f"the last {HISTORY_ROWS} of {len(history)} runs; all in "
-                           "data/score/history.csv"))
+                           f"data/score/{layout.HISTORY_CSV}"))
     return _section("history", "Score history", "\n".join(parts))
 
 
@@ -627,7 +630,7 @@ def write_report(graph: Graph, out_dir: Path, quiet: bool = False) -> Path:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     page = Page(graph=graph, folder=partial, quiet=quiet)
-    (partial / "index.html").write_text(render_page(page), encoding="utf-8")
+    (partial / layout.REPORT_HTML).write_text(render_page(page), encoding="utf-8")
     swap_into_place(partial, out_dir)
     page.log(f"{len(page.pictures)} pictures beside the page")
-    return out_dir / "index.html"
+    return out_dir / layout.REPORT_HTML

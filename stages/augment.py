@@ -6,7 +6,6 @@ Writes data/pack/images.npy (N, size, size, C) uint8 and pack.json, which record
 transforms used so an FID change can be traced to them.
 """
 
-import warnings
 from pathlib import Path
 
 from pipeline.core.runner import Stage, StageContext, StageResult
@@ -14,13 +13,14 @@ from pipeline.ingest.augment import build_pack
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg, size = ctx.params.augment, ctx.params.pad.size
+    cfg, pad = ctx.params.augment, ctx.params.pad
     if cfg.rotations:
-        warnings.warn("augment.rotations fill image corners with background, which the "
-                      "generator can learn (a 'leaking' augmentation); keep angles small",
-                      stacklevel=1)
+        # On stdout, like the stages' other warnings, so the run log (data/logs) keeps it
+        print("warning: augment.rotations fill image corners with pad.background, which the "
+              "generator can learn (a 'leaking' augmentation); keep angles small", flush=True)
     files = sorted(ctx.inputs["pad"].glob("*.png"))
-    info = build_pack(files, ctx.out_dir, size, cfg.hflip, cfg.rotations, cfg.grey, ctx.quiet)
+    info = build_pack(files, ctx.out_dir, pad.size, cfg.hflip, cfg.rotations, cfg.grey,
+                      pad.background, ctx.quiet)
     return StageResult(
         f"{info.count:,} training images from {info.sources:,} ({', '.join(info.transforms)})",
         {"images": info.count, "sources": info.sources},
@@ -28,4 +28,4 @@ def run(ctx: StageContext) -> StageResult:
 
 
 STAGE = Stage(name="augment", upstream=("pad",), section="augment", output="data/pack",
-              script=Path(__file__), run=run, reads=("pad.size",))
+              script=Path(__file__), run=run, reads=("pad.size", "pad.background"))

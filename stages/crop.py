@@ -8,9 +8,10 @@ manual filtering of seed 004). Writes data/crop/images/, data/crop/decisions.csv
 sheet data/crop/contact_sheet.html to review by eye.
 """
 
-import hashlib
 from pathlib import Path
 
+from pipeline.core import layout
+from pipeline.core.files import sha256_file
 from pipeline.core.runner import Project, Stage, StageContext, StageResult
 from pipeline.ingest.crop import crop_images
 from pipeline.ingest.decisions import summarize, write_decisions
@@ -20,12 +21,12 @@ from pipeline.ingest.review import apply_reject_list, contact_sheet, read_reject
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg, raw = ctx.params.crop, ctx.inputs["fetch"] / "files"
+    cfg, raw = ctx.params.crop, ctx.inputs["fetch"] / layout.RAW_FILES_DIR
     files = list_fetched_images(ctx.inputs["fetch"])
     reject_path = ctx.project.root / cfg.reject_list if cfg.reject_list else None
     files, manual = apply_reject_list(files, raw, read_reject_list(reject_path))
 
-    images_dir = ctx.out_dir / "images"
+    images_dir = ctx.out_dir / layout.CROP_IMAGES_DIR
     images_dir.mkdir()
     max_pixels = ctx.params.pad.max_pixels
     if cfg.method == "yolo":
@@ -36,9 +37,9 @@ def run(ctx: StageContext) -> StageResult:
         decisions = crop_images(files, raw, images_dir, cfg, max_pixels, ctx.quiet)
     decisions = manual + decisions
 
-    write_decisions(decisions, ctx.out_dir / "decisions.csv")
-    contact_sheet(decisions, images_dir, raw, ctx.out_dir / "contact_sheet.html")
-    return StageResult(*summarize(decisions, "data/crop/decisions.csv"))
+    write_decisions(decisions, ctx.out_dir / layout.DECISIONS_CSV)
+    contact_sheet(decisions, images_dir, raw, ctx.out_dir / layout.CONTACT_SHEET_HTML)
+    return StageResult(*summarize(decisions, f"data/crop/{layout.DECISIONS_CSV}"))
 
 
 def extra_fingerprint(params, project: Project) -> str:
@@ -46,7 +47,7 @@ def extra_fingerprint(params, project: Project) -> str:
     if not params.crop.reject_list:
         return ""
     path = project.root / params.crop.reject_list
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "missing"
+    return sha256_file(path) if path.exists() else "missing"
 
 
 STAGE = Stage(name="crop", upstream=("fetch",), section="crop", output="data/crop",

@@ -9,6 +9,7 @@ exact count, size, RGB, real PNGs, unique names, nothing else inside.
 import json
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.deliver.submission import submit_to_kaggle, write_zip
 
@@ -19,7 +20,7 @@ def run(ctx: StageContext) -> StageResult:
     mode = cfg.mode
     report = write_zip(ctx.inputs["generate"], ctx.out_dir / cfg.name, params.generate.count,
                        size, mode, ctx.quiet)
-    (ctx.out_dir / "validation.json").write_text(json.dumps(
+    (ctx.out_dir / layout.VALIDATION_JSON).write_text(json.dumps(
         {"zip": cfg.name, "count": report.count, "size": size, "mode": mode,
          "bytes": report.bytes, "sha256": report.sha256, "problems": list(report.problems)},
         indent=2))

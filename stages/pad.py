@@ -8,6 +8,7 @@ decisions) and ingest.csv (one row per image that entered ingest with its final 
 
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.ingest.decisions import (
     consolidate_decisions,
@@ -19,13 +20,14 @@ from pipeline.ingest.pad import pad_images
 
 
 def run(ctx: StageContext) -> StageResult:
-    cfg, crops = ctx.params.pad, ctx.inputs["crop"] / "images"
+    cfg, crops = ctx.params.pad, ctx.inputs["crop"] / layout.CROP_IMAGES_DIR
     files = sorted(crops.glob("*.png"))
     decisions = pad_images(files, crops, ctx.out_dir, cfg, ctx.quiet)
-    write_decisions(decisions, ctx.out_dir / "report.csv")
-    crop_rows = read_decisions(ctx.inputs["crop"] / "decisions.csv")
-    consolidate_decisions(crop_rows, decisions).to_csv(ctx.out_dir / "ingest.csv", index=False)
-    return StageResult(*summarize(decisions, "data/clean/report.csv"))
+    write_decisions(decisions, ctx.out_dir / layout.PAD_REPORT_CSV)
+    crop_rows = read_decisions(ctx.inputs["crop"] / layout.DECISIONS_CSV)
+    ingest = consolidate_decisions(crop_rows, decisions)
+    ingest.to_csv(ctx.out_dir / layout.INGEST_CSV, index=False)
+    return StageResult(*summarize(decisions, f"data/clean/{layout.PAD_REPORT_CSV}"))
 
 
 STAGE = Stage(name="pad", upstream=("crop",), section="pad", output="data/clean",

@@ -11,6 +11,7 @@ to data/score/history.csv with the run's fingerprint, so you see which change he
 import json
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.scoring.fid import score_folders
 from pipeline.scoring.history import append_history, format_table
@@ -19,19 +20,18 @@ from pipeline.scoring.history import append_history, format_table
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.score
     reference = ctx.project.root / cfg.reference if cfg.reference else ctx.inputs["pad"]
-    result = score_folders(ctx.inputs["generate"], reference, n=cfg.n,
-                           reference_n=cfg.reference_n, batch_size=cfg.batch_size,
-                           device=cfg.device, workers=cfg.workers,
+    result = score_folders(ctx.inputs["generate"], reference, cfg,
                            cache_dir=ctx.project.data / "cache", quiet=ctx.quiet)
     score = result.as_dict()
-    (ctx.out_dir / "score.json").write_text(json.dumps(score, indent=2))
-    append_history(ctx.project.path("data/score/history.csv"), ctx.out_dir / "history.csv",
+    (ctx.out_dir / layout.SCORE_JSON).write_text(json.dumps(score, indent=2))
+    append_history(ctx.project.path(f"data/score/{layout.HISTORY_CSV}"),
+                   ctx.out_dir / layout.HISTORY_CSV,
                    score, ctx.upstream_fingerprints["generate"])
     print(format_table(score), flush=True)
     for warning in result.warnings:
         print(f"warning: {warning}", flush=True)
     return StageResult(f"FID {result.fid:.2f} on {result.n_generated:,} images "
-                       f"(see data/score/score.json)", {"fid": result.fid})
+                       f"(see data/score/{layout.SCORE_JSON})", {"fid": result.fid})
 
 
 STAGE = Stage(name="score", upstream=("generate", "pad"), section="score", output="data/score",

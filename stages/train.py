@@ -4,30 +4,40 @@
     make train GPUS=2            # torchrun, DDP
 
 Checkpoints, grids, stats.jsonl and TensorBoard logs live in data/runs/<run>/, a folder chosen by
-everything but train.kimg and train.minutes: raising only the length (or the time budget)
-continues the same run, and a killed run resumes from its last checkpoint. data/train/ receives
-the exported generator and the plots.
+everything but train.kimg, train.minutes and the evaluation knobs: raising only the length (or
+the time budget) continues the same run, and a killed run resumes from its last checkpoint.
+data/train/ receives the exported generator (last step), the best evaluated snapshot (best/,
+with train.eval_kimg) and the plots.
 """
 
 import shutil
 from pathlib import Path
 
+from pipeline.core import layout
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.gan.loop import train
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.train
-    run_dir = ctx.project.data / "runs" / ctx.run_key(cfg, exclude=("kimg", "minutes"))[:12]
-    report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet)
+    # Length, time budget and evaluation do not change the trajectory: same run folder.
+    key = ctx.run_key(cfg, exclude=("kimg", "minutes", "eval_kimg", "eval_n"))
+    run_dir = ctx.project.data / "runs" / key[:12]
+    report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet,
+                   reference=ctx.inputs["pad"], cache_dir=ctx.project.data / "cache")
 
     # Export: the generator and what a person looks at; the run folder keeps the rest.
-    shutil.copytree(report.generator_dir, ctx.out_dir / "generator")
-    for pattern in ("*.png", "stats.jsonl", "training_options.json"):
+    shutil.copytree(report.generator_dir, ctx.out_dir / layout.GENERATOR_DIR)
+    if report.best_dir is not None:  # the best evaluated snapshot: what generate uses
+        shutil.copytree(report.best_dir, ctx.out_dir / layout.BEST_DIR)
+    for pattern in ("*.png", layout.STATS_JSONL, layout.EVAL_JSONL, layout.TRAINING_OPTIONS_JSON):
         for path in run_dir.glob(pattern):
             shutil.copy2(path, ctx.out_dir / path.name)
-    (ctx.out_dir / "run_dir.txt").write_text(str(run_dir.relative_to(ctx.project.root)))
+    (ctx.out_dir / layout.RUN_DIR_TXT).write_text(str(run_dir.relative_to(ctx.project.root)))
     notes = f", resumed at {report.resumed_from_kimg:g} kimg" if report.resumed_from_kimg else ""
+    if report.best:
+        notes += (f", best at {report.best['kimg']:g} kimg (KID {report.best['kid']:.4f}, "
+                  f"FID {report.best['fid']:.1f} on {cfg.eval_n} samples)")
     if report.out_of_time:
         notes += f", stopped by train.minutes={cfg.minutes:g} before {cfg.kimg:g} kimg"
     return StageResult(
@@ -38,5 +48,6 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-STAGE = Stage(name="train", upstream=("augment",), section="train", output="data/train",
+# pad: data/clean, the reference that snapshots are scored against (train.eval_kimg).
+STAGE = Stage(name="train", upstream=("augment", "pad"), section="train", output="data/train",
               script=Path(__file__), run=run)

@@ -1,10 +1,29 @@
 """params.yaml loading: defaults, overrides, and errors naming key, value and what is allowed."""
 
+import dataclasses
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
-from pipeline.core.config import Params, canonical, load_params, parse_override, section_doc
+from pipeline.core.config import (
+    CROSS_RULES,
+    LossName,
+    ModelName,
+    Params,
+    above,
+    at_least,
+    between,
+    canonical,
+    check_cross_rules,
+    knob,
+    load_params,
+    one_of,
+    parse_override,
+    probability,
+    satisfies,
+    section_doc,
+)
 from pipeline.core.errors import ConfigError
 
 
@@ -42,6 +61,17 @@ def test_override_wins_over_file(tmp_path):
         ("train:\n  seed: three\n", ["'train.seed' is 'three'", "an integer"]),
         ("train:\n  loss: wasserstein\n", ["'train.loss'", "'ralsgan'", "'wgan-gp'"]),
         ("pad:\n  size: 100\n", ["'pad.size' is 100", "32, 64, 128 or 256"]),
+        ("train:\n  width: 0\n", ["'train.width' is 0.0", "a number in (0, 4]"]),
+        ("train:\n  beta1: 1.0\n", ["'train.beta1' is 1.0", "a number in [0, 1)"]),
+        ("train:\n  label_flip: 0.5\n", ["'train.label_flip' is 0.5", "a probability in [0, 0.5)"]),
+        ("train:\n  nz: 0\n", ["'train.nz' is 0", "1 or more"]),
+        ("train:\n  kimg: 0\n", ["'train.kimg' is 0.0", "a number > 0"]),
+        ("package:\n  size: 48\n", ["'package.size' is 48", "0, 28, 32, 64, 128 or 256"]),
+        ("pad:\n  background: [0, 256, 0]\n", ["'pad.background' is (0, 256, 0)",
+                                               "3 values in 0..255"]),
+        ("train:\n  diffaugment: color,flip\n", ["'train.diffaugment' is 'color,flip'",
+                                                  "ops from color, translation, cutout"]),
+        ("augment:\n  rotations: [50]\n", ["'augment.rotations' is (50.0,)", "[-45, 45]"]),
         ("augment:\n  hflip: 1\n", ["'augment.hflip' is 1", "true or false"]),
         ("trainn:\n  seed: 1\n", ["unknown section 'trainn'", "train"]),
         ("train: [1, 2]\n", ["section 'train' must be a mapping"]),
@@ -81,3 +111,108 @@ def test_every_field_is_documented():
     for section in ("fetch", "crop", "pad", "augment", "train", "generate", "package", "score"):
         for key, kind, default, help_text in section_doc(section):
             assert help_text and kind and default, (section, key)
+
+
+# ------------------------------------------------------------------------------------------------
+# Rules next to knobs, and rules between knobs
+
+
+def test_rule_objects_test_values_and_word_what_they_allow():
+    width = between(0, 4, low_open=True)
+    assert (width(0), width(0.001), width(4), width(4.001)) == (False, True, True, False)
+    assert width.allowed == "a number in (0, 4]"
+    flip = probability(0.5, high_open=True)
+    assert (flip(0), flip(0.49), flip(0.5)) == (True, True, False)
+    assert flip.allowed == "a probability in [0, 0.5)"
+    assert (at_least(1)(1), at_least(1)(0), at_least(1).allowed) == (True, False, "1 or more")
+    assert (above(0)(0), above(0)(1e-9), above(0).allowed) == (False, True, "a number > 0")
+    sides = one_of(32, 64)
+    assert (sides(32), sides(48), sides.allowed) == (True, False, "32 or 64")
+    assert one_of("a", "b", "c").allowed == "'a', 'b' or 'c'"
+    even = satisfies(lambda v: v % 2 == 0, "an even number")
+    assert (even(4), even(3), even.allowed) == (True, False, "an even number")
+
+
+def test_a_default_that_breaks_its_own_rule_is_refused_at_declaration():
+    with pytest.raises(ValueError, match="default 0 breaks its own rule: 1 or more"):
+        knob(0, "a count", check=at_least(1))
+
+
+def test_every_default_passes_the_cross_rules():
+    check_cross_rules(Params(), {})  # raises on a broken rule; no origin is looked up then
+
+
+def test_readme_rows_say_what_is_allowed():
+    rows = {key: help_text for key, _, _, help_text in section_doc("train")}
+    assert rows["width"].endswith(". Allowed: a number in (0, 4]")
+    assert "Allowed: a number > 0; a multiple of train.tick_kimg" in rows["checkpoint_kimg"]
+    assert "Allowed" not in rows["model"]  # a Literal's choices are its type, not a rule
+    score = {key: help_text for key, _, _, help_text in section_doc("score")}
+    assert "at most score.n when score.n > 0" in score["kid_subset_size"]
+
+
+def test_cross_rules_blame_a_declared_key():
+    for rule in CROSS_RULES:
+        for key in rule.keys:
+            section, name = key.split(".")
+            assert name in {f.name for f in dataclasses.fields(getattr(Params(), section))}, key
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("package:\n  submit: true\n",
+         ["'package.competition' is ''", "a competition name when package.submit is true",
+          "package.submit is True"]),
+        ("train:\n  tick_kimg: 2\n  checkpoint_kimg: 5\n  snapshot_kimg: 4\n",
+         ["'train.checkpoint_kimg' is 5.0", "a multiple of train.tick_kimg",
+          "checkpoints happen only at ticks", "train.tick_kimg is 2.0"]),
+        ("train:\n  tick_kimg: 1\n  checkpoint_kimg: 0.5\n  snapshot_kimg: 1\n",
+         ["'train.checkpoint_kimg' is 0.5", "a multiple of train.tick_kimg"]),
+        ("train:\n  tick_kimg: 0.2\n  checkpoint_kimg: 0.6\n  snapshot_kimg: 0.5\n",
+         ["'train.snapshot_kimg' is 0.5", "sample grids happen only at ticks",
+          "train.tick_kimg is 0.2"]),
+        ("score:\n  n: 40\n  kid_subset_size: 100\n",
+         ["'score.kid_subset_size' is 100", "at most score.n when score.n > 0",
+          "score.n is 40"]),
+    ],
+)
+def test_cross_rules_name_file_both_keys_values_and_allowed(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ")
+    for fragment in expected:
+        assert fragment in message, (fragment, message)
+
+
+def test_cross_rules_accept_what_they_should(tmp_path):
+    # 0.6 / 0.2 is 2.9999999999999996 in floats: within 1e-9 of a whole number of ticks.
+    text = ("train:\n  tick_kimg: 0.2\n  checkpoint_kimg: 0.6\n  snapshot_kimg: 0.4\n"
+            "score:\n  n: 40\n  kid_subset_size: 40\n")
+    params = load_params(write(tmp_path, text))
+    assert (params.train.checkpoint_kimg, params.score.kid_subset_size) == (0.6, 40)
+    # n = 0 scores every image, so no subset size is too large for it.
+    params = load_params(tmp_path / "absent.yaml", ["score.n=0", "score.kid_subset_size=5000"])
+    assert params.score.kid_subset_size == 5000
+    params = load_params(tmp_path / "absent.yaml", ["package.submit=true",
+                                                    "package.competition=gan-getting-started"])
+    assert params.package.submit
+
+
+def test_cross_rule_error_names_the_override(tmp_path):
+    with pytest.raises(ConfigError, match="with --set package.submit=true: 'package.competition'"):
+        load_params(tmp_path / "absent.yaml", ["package.submit=true"])
+
+
+def test_model_names_match_the_model_registry():
+    from pipeline.gan.models import MODELS
+
+    assert set(get_args(ModelName)) == set(MODELS)
+
+
+def test_loss_names_match_the_loss_registry():
+    from pipeline.gan.losses import LOSSES
+
+    assert set(get_args(LossName)) == set(LOSSES)

@@ -192,11 +192,12 @@ def test_crop_with_a_real_detector(tiny_yolo: Path, scenes: tuple[Path, dict[str
             # The square crop of the one clock: it overlaps the true box well
             assert _iou((x0, y0, x1, y1), boxes[0]) > 0.5, (rel, row.box, boxes)
             assert row.score is not None and row.score >= CONF
-            crop = cv2.imread(str(out / names[rel]), cv2.IMREAD_UNCHANGED)
+            assert row.output == names[rel]  # the file written, named in the decision
+            crop = cv2.imread(str(out / row.output), cv2.IMREAD_UNCHANGED)
             assert crop.shape[:2] == (y1 - y0, x1 - x0) and y1 - y0 == x1 - x0
             assert crop.shape[2] == (4 if rel.endswith("alpha.png") else 3)
         elif rel.startswith("none/"):
-            assert (row.decision, row.reason) == ("rejected", "no clock found"), rel
+            assert (row.decision, row.reason, row.output) == ("rejected", "no clock found", ""), rel
         elif rel.startswith("three/"):
             assert row.decision == "rejected" and row.reason.startswith("too many objects: "), rel
             assert int(row.reason.split(": ")[1].split(" > ")[0]) >= 2

@@ -27,9 +27,10 @@ from pipeline.core.distributed import (
     shutdown,
 )
 from pipeline.core.errors import UserError
-from pipeline.gan.loop import DiscriminatorPair, Precision, d_backward
 from pipeline.gan.losses import get_loss
 from pipeline.gan.models import ModelSpec, build_discriminator
+from pipeline.gan.precision import Precision
+from pipeline.gan.steps import DiscriminatorPair, d_backward
 from pipeline.ingest import pack
 
 WORLD = 2

@@ -36,6 +36,7 @@ train:
   width: 0.125
   kimg: 0.4
   batch_size: 16
+  tick_kimg: 0.1
   checkpoint_kimg: 0.1
   snapshot_kimg: 0.2
   threads: 1

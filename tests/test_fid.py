@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from pipeline.core.config import ScoreConfig
 from pipeline.core.errors import UserError
-from pipeline.scoring import fid, inception
+from pipeline.scoring import fid, inception, metrics
 
 
 def draw_images(folder: Path, count: int, seed: int, size: int = 128) -> list[Path]:
@@ -219,7 +221,7 @@ def test_fid_equals_pytorch_fid(
     theirs = pytorch_fid_cli(folders, weights.path, tmp_path)
     cache = weights.path.parent
     ours = fid.score_folders(
-        folders[0], folders[1], n=0, reference_n=0, batch_size=8, device="cpu", workers=2,
+        folders[0], folders[1], ScoreConfig(n=0, batch_size=8, device="cpu", workers=2),
         cache_dir=cache, quiet=True,
     )
     assert abs(ours.fid - theirs) < 1e-3
@@ -231,8 +233,8 @@ def test_fid_equals_pytorch_fid(
 
     # A bare .npz reference (here the cached statistics of b): FID only, with a note.
     bare = fid.score_folders(
-        folders[0], Path(ours.reference_cache), n=2, reference_n=0, batch_size=2,
-        device="cpu", workers=0, cache_dir=cache, quiet=True,
+        folders[0], Path(ours.reference_cache),
+        ScoreConfig(n=2, batch_size=2, device="cpu", workers=0), cache_dir=cache, quiet=True,
     )
     assert bare.n_generated == 2 and bare.n_generated_total == 12 and bare.fid > 0
     assert bare.kid_mean is None and bare.precision is None and bare.mifid is None
@@ -244,6 +246,32 @@ def test_empty_generated_folder_is_a_user_error(tmp_path: Path, folders: tuple[P
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="generate"):
         fid.score_folders(
-            tmp_path / "empty", folders[1], n=0, reference_n=0, batch_size=8, device="cpu",
-            workers=0, cache_dir=tmp_path, quiet=True,
+            tmp_path / "empty", folders[1], ScoreConfig(n=0, batch_size=8, device="cpu"),
+            cache_dir=tmp_path, quiet=True,
         )
+
+
+@pytest.mark.slow
+def test_kid_and_precision_recall_knobs_reach_the_scores(
+    weights: inception.InceptionWeights, model: torch.nn.Module, folders: tuple[Path, Path]
+) -> None:
+    """score.kid_subsets, kid_subset_size and pr_k change what score.json records."""
+    cache = weights.path.parent  # holds the converted weights; reference statistics go there
+    base = ScoreConfig(n=6, batch_size=6, device="cpu", workers=0)  # 6 generated vs 12 reference
+    changed = replace(base, kid_subsets=7, kid_subset_size=3, pr_k=1)
+    # Two runs (each ~10 s, mostly the 2048-d Frechet distance): the defaults, then new knobs
+    default, other = (fid.score_folders(folders[0], folders[1], cfg, cache_dir=cache, quiet=True)
+                      for cfg in (base, changed))
+    # The expected values, computed from the same features with the knobs passed by hand
+    generated = fid.extract_features(fid.list_images(folders[0], 6), model, 6, quiet=True)
+    reference = fid.load_reference(folders[1], 0, model, weights, cache, quiet=True).features
+    for got, subsets, size, k in ((default, 100, 1000, 3), (other, 7, 3, 1)):
+        kid = metrics.kid(generated, reference, subsets, size)
+        assert (got.kid_mean, got.kid_std) == pytest.approx((kid.mean, kid.std), rel=1e-6)
+        expected = metrics.precision_recall(generated, reference, k)
+        assert (got.precision, got.recall) == pytest.approx(expected)
+    # What the stage writes to score.json differs in KID and precision/recall, not in FID.
+    before, after = default.as_dict(), other.as_dict()
+    assert before["fid"] == after["fid"]
+    assert before["kid_mean"] != after["kid_mean"] and before["kid_std"] != after["kid_std"]
+    assert (before["precision"], before["recall"]) != (after["precision"], after["recall"])

@@ -7,18 +7,25 @@ is 127 or 128 and equality tests would prove nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import faulthandler
+import json
+import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
 
 from pipeline.core.errors import UserError
 from pipeline.deliver.generate import (
     GenerateReport,
     generate_images,
+    generate_on_all_ranks,
     image_name,
     png_is_complete,
     seed_latents,
@@ -163,6 +170,37 @@ def test_two_ranks_make_the_single_run(first_run, rgb_generator: Path, tmp_path:
     assert all(np.array_equal(single[k], split[k]) for k in single)
 
 
+def _rank_worker(rank: int, port: int, generator: str, root: str) -> None:
+    """One torchrun-like rank of the generate stage; rank 1 is handed a scratch folder."""
+    faulthandler.dump_traceback_later(120, exit=True)  # a hung collective fails, not stalls
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+                       "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
+    torch.set_num_threads(1)
+    out = Path(root) / ("shared" if rank == 0 else "scratch1")
+    report = generate_on_all_ranks(Path(generator), out, COUNT, batch_size=8, truncation=1.0,
+                                   workers=1, device="cpu", quiet=True)
+    # Every rank returns after all wrote: the shared folder is complete on both
+    names = sorted(p.name for p in (Path(root) / "shared").glob("*.png"))
+    (Path(root) / f"report{rank}.json").write_text(json.dumps(
+        {"report": dataclasses.asdict(report) | {"seconds": 0}, "names": len(names)}))
+    faulthandler.cancel_dump_traceback_later()
+
+
+def test_torchrun_ranks_fill_one_folder(first_run, rgb_generator: Path, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_rank_worker, args=(port, str(rgb_generator), str(tmp_path)), nprocs=2, join=True)
+    expected = {"count": COUNT, "written": COUNT, "skipped_existing": 0, "seconds": 0}
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"report{rank}.json").read_text())
+        assert result == {"report": expected, "names": COUNT}, rank
+    single, split = _pixels(first_run[0]), _pixels(tmp_path / "shared")
+    assert single.keys() == split.keys()
+    assert all(np.array_equal(single[k], split[k]) for k in single)
+    assert not (tmp_path / "scratch1").exists() or not any((tmp_path / "scratch1").iterdir())
+
+
 def test_grey_generator_writes_mode_l(tmp_path: Path) -> None:
     generator = _save_tiny_generator(tmp_path / "g_grey", channels=1)
     _generate(generator, tmp_path / "grey", count=4)
@@ -178,3 +216,11 @@ def test_grey_generator_writes_mode_l(tmp_path: Path) -> None:
 def test_cuda_without_gpu_is_a_user_error(rgb_generator: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no CUDA GPU"):
         _generate(rgb_generator, tmp_path / "x", count=2, device="cuda")
+
+
+def test_truncation_needs_a_family_with_a_mapping_network(rgb_generator: Path,
+                                                          tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="generate.truncation is 0.7 but model dcgan"):
+        generate_images(rgb_generator, tmp_path / "out", 4, batch_size=4, truncation=0.7,
+                        workers=1, device="cpu", quiet=True)
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import UserError
-from pipeline.gan.losses import LOSSES, get_loss, gradient_penalty, path_length_penalty, r1_penalty
+from pipeline.gan.losses import (
+    LOSSES,
+    get_loss,
+    gradient_penalty,
+    lazy_weight,
+    path_length_penalty,
+    r1_penalty,
+    r2_penalty,
+)
 
 REAL = torch.tensor([2.0, -0.5, 1.0])  # D logits on three reals
 FAKE = torch.tensor([-1.0, 0.5, 0.0])  # D logits on three fakes
@@ -23,8 +31,14 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
+def _softplus(x: float) -> float:
+    return math.log(1 + math.exp(x))
+
+
 def test_registry_has_every_loss_and_rejects_bad_names() -> None:
-    assert set(LOSSES) == {"minimax", "nonsaturating", "lsgan", "ralsgan", "hinge", "wgan-gp"}
+    assert set(LOSSES) == {
+        "minimax", "nonsaturating", "lsgan", "ralsgan", "hinge", "wgan-gp", "rpgan"
+    }
     with pytest.raises(UserError) as info:
         get_loss("wgan")
     for name in LOSSES:
@@ -127,3 +141,110 @@ def test_few_steps_of_hinge_separate_reals_from_fakes() -> None:
         optimiser.step()
     assert value.item() < 0.2 * first
     assert d(reals).mean() > d(fakes).mean()
+
+
+def test_rpgan_pairs_real_i_with_fake_i() -> None:
+    """real = [2, 0], fake = [0, 1]: differences real - fake are 2 and -1."""
+    loss = get_loss("rpgan")
+    real, fake = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0])
+    d_expected = (_softplus(-2.0) + _softplus(1.0)) / 2  # softplus(-(r - f)) per pair
+    g_expected = (_softplus(2.0) + _softplus(-1.0)) / 2  # softplus(-(f - r)) per pair
+    assert loss.uses_real_logits_in_g
+    assert loss.d_loss(real, fake).item() == pytest.approx(d_expected, rel=1e-6)
+    assert loss.g_loss(real, fake).item() == pytest.approx(g_expected, rel=1e-6)
+    # Soft labels do not apply: real_label changes nothing.
+    assert loss.d_loss(real, fake, 0.8).item() == pytest.approx(d_expected, rel=1e-6)
+    assert loss.g_loss(real, fake, 0.8).item() == pytest.approx(g_expected, rel=1e-6)
+    # Pairs, not batch means: swapping the fakes gives differences 1 and 0 instead.
+    swapped = loss.d_loss(real, fake.flip(0)).item()
+    assert swapped == pytest.approx((_softplus(-1.0) + _softplus(0.0)) / 2, rel=1e-6)
+    with pytest.raises(ValueError):
+        loss.g_loss(None, fake)
+    with pytest.raises(ValueError):
+        loss.d_loss(real, torch.zeros(3))
+
+
+def test_rpgan_on_patch_logits_pairs_element_wise() -> None:
+    """(N, P) = (2, 2): each patch meets the same patch of its partner; mean over all four."""
+    real = torch.tensor([[1.0, 0.0], [3.0, -1.0]])
+    fake = torch.tensor([[0.0, 0.0], [1.0, 1.0]])  # real - fake = [[1, 0], [2, -2]]
+    d_expected = _mean([_softplus(-1.0), _softplus(0.0), _softplus(-2.0), _softplus(2.0)])
+    g_expected = _mean([_softplus(1.0), _softplus(0.0), _softplus(2.0), _softplus(-2.0)])
+    loss = get_loss("rpgan")
+    assert loss.d_loss(real, fake).item() == pytest.approx(d_expected, rel=1e-6)
+    assert loss.g_loss(real, fake).item() == pytest.approx(g_expected, rel=1e-6)
+
+
+def test_rpgan_generator_gradient_is_known() -> None:
+    """d/df_i mean softplus(r - f) = -sigmoid(r_i - f_i) / N, and nothing flows into D(real)."""
+    real = torch.tensor([2.0, 0.0])
+    fake = torch.tensor([0.0, 1.0], requires_grad=True)
+    get_loss("rpgan").g_loss(real, fake).backward()
+    expected = [-_sigmoid(2.0) / 2, -_sigmoid(-1.0) / 2]
+    assert fake.grad is not None
+    assert fake.grad.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_few_steps_of_rpgan_separate_reals_from_fakes() -> None:
+    """A tiny linear D trained with RpGAN learns to score each real above its fake."""
+    torch.manual_seed(0)
+    d = nn.Linear(2, 1)
+    reals, fakes = torch.randn(64, 2) + 2, torch.randn(64, 2) - 2
+    optimiser = torch.optim.SGD(d.parameters(), lr=0.1)
+    loss = get_loss("rpgan")
+    first = loss.d_loss(d(reals).squeeze(1), d(fakes).squeeze(1)).item()
+    for _ in range(30):
+        optimiser.zero_grad()
+        value = loss.d_loss(d(reals).squeeze(1), d(fakes).squeeze(1))
+        value.backward()
+        optimiser.step()
+    assert value.item() < 0.2 * first
+    assert d(reals).mean() > d(fakes).mean()
+
+
+def test_r2_penalty_of_linear_critic_is_its_squared_weight_norm() -> None:
+    """D(x) = sum(w * x) has gradient w everywhere, so R2 = ||w||^2 and d R2 / d w = 2w."""
+    critic = nn.Sequential(nn.Flatten(), nn.Linear(1 * 2 * 2, 1, bias=False))
+    with torch.no_grad():
+        critic[1].weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 3.0]]))  # ||w||^2 = 14.25
+    fakes = torch.randn(5, 1, 2, 2).requires_grad_(True)  # detached from G, as the loop does
+    penalty = r2_penalty(critic(fakes).squeeze(1), fakes)
+    assert penalty.item() == pytest.approx(14.25, rel=1e-6)
+    penalty.backward()  # the graph reaches D's weights
+    assert critic[1].weight.grad is not None
+    assert critic[1].weight.grad.tolist() == [[2.0, -4.0, 1.0, 6.0]]
+
+
+def test_r2_penalty_of_quadratic_critic_by_hand() -> None:
+    """D(x) = sum(x^2): gradient 2x, so ||grad||^2 = 4 sum(x^2): images [1, 2] and [0, -1]
+    give 20 and 4, mean 12. R1 follows the same convention on the same inputs."""
+    images = torch.tensor([[[[1.0, 2.0]]], [[[0.0, -1.0]]]], requires_grad=True)  # (2,1,1,2)
+    logits = images.square().flatten(1).sum(1)  # (2,)
+    assert r2_penalty(logits, images).item() == pytest.approx(12.0)
+    assert r1_penalty(logits, images).item() == pytest.approx(12.0)
+
+
+def test_r1_and_r2_from_one_d_step_on_patch_logits() -> None:
+    """Patch logits (N, P) = the pixels times 3: each image's gradient is 3 per pixel, so
+    each penalty is 9 * pixels = 36; both can be taken from the same D step and trained."""
+    weight = torch.tensor(3.0, requires_grad=True)
+    reals = torch.randn(2, 1, 2, 2).requires_grad_(True)
+    fakes = torch.randn(2, 1, 2, 2).requires_grad_(True)
+    real_logits, fake_logits = weight * reals.flatten(1), weight * fakes.flatten(1)  # (2, 4)
+    r1, r2 = r1_penalty(real_logits, reals), r2_penalty(fake_logits, fakes)
+    assert (r1.item(), r2.item()) == (pytest.approx(36.0), pytest.approx(36.0))
+    (r1 + r2).backward()  # d/dw (4 w^2 + 4 w^2) = 16 w = 48
+    assert weight.grad is not None and weight.grad.item() == pytest.approx(48.0)
+
+
+def test_lazy_weight_is_stylegan2s_every_kth_step_weighting() -> None:
+    assert lazy_weight(1.0, 16, 0) == 8.0  # gamma / 2 * 16 on due steps
+    assert lazy_weight(1.0, 16, 32) == 8.0
+    assert lazy_weight(1.0, 16, 5) == 0.0  # skipped in between
+    assert lazy_weight(10.0, 4, 8) == 20.0
+    assert lazy_weight(0.2, 1, 7) == pytest.approx(0.1)  # interval 1: plain gamma / 2
+    assert lazy_weight(0.0, 16, 16) == 0.0
+    # Averaged over a whole interval it is gamma / 2 per step.
+    assert sum(lazy_weight(3.0, 4, s) for s in range(4)) / 4 == 1.5
+    with pytest.raises(ValueError):
+        lazy_weight(1.0, 0, 0)

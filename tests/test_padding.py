@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.core.config import PadConfig
+from pipeline.core.config import CropConfig, PadConfig
+from pipeline.ingest.crop import crop_images
+from pipeline.ingest.decisions import consolidate_decisions, read_decisions, write_decisions
 from pipeline.ingest.pad import pad_images
 
 RED = (255, 0, 0)
@@ -92,3 +94,34 @@ def test_pad_rejects_bombs_by_config(tmp_path):
                       quiet=True)
     assert rows[0].reason == "bomb: 200x200 = 40,000 px > 10,000"
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_ingest_record_names_source_files_and_outputs(tmp_path):
+    """ingest.csv: one row per source file, by its source path; `output` names its clean PNG."""
+    source = tmp_path / "raw"
+    (source / "bikes").mkdir(parents=True)
+    Image.fromarray(photo(1, 60, 40)).save(source / "bikes" / "red 01.png")
+    Image.fromarray(photo(1, 60, 40)).save(source / "bikes" / "red 02.png")  # exact copy
+    Image.fromarray(photo(2, 40, 60)).save(source / "blue.jpg", quality=95)
+    Image.fromarray(photo(3, 10, 12)).save(source / "tiny.png")
+    (source / "page.png").write_text("<html></html>")
+    crops, clean = tmp_path / "crops", tmp_path / "clean"
+    crop_rows = crop_images(sorted(p for p in source.rglob("*") if p.is_file()), source, crops,
+                            CropConfig(method="none"), 10**8, quiet=True, workers=1)
+    assert {r.file: r.output for r in crop_rows} == {
+        "bikes/red 01.png": "bikes__red 01.png", "bikes/red 02.png": "bikes__red 02.png",
+        "blue.jpg": "blue.png", "page.png": "", "tiny.png": "tiny.png"}
+    pad_rows = pad_images(sorted(crops.glob("*.png")), crops, clean, PadConfig(size=32, workers=1),
+                          quiet=True)
+    # Through the CSV, as the pad stage reads crop's record
+    write_decisions(crop_rows, tmp_path / "decisions.csv")
+    ingest = consolidate_decisions(read_decisions(tmp_path / "decisions.csv"), pad_rows)
+    record = {row.file: (row.stage, row.decision, row.output) for row in ingest.itertuples()}
+    assert record == {
+        "bikes/red 01.png": ("pad", "kept", "bikes__red 01.png"),
+        "bikes/red 02.png": ("pad", "rejected", ""),
+        "blue.jpg": ("pad", "kept", "blue.png"),
+        "page.png": ("crop", "rejected", ""),
+        "tiny.png": ("pad", "rejected", ""),
+    }
+    assert sorted(p.name for p in clean.iterdir()) == ["bikes__red 01.png", "blue.png"]

@@ -45,7 +45,7 @@ train:
   tick_kimg: 0.2
   batch_size: 16
   checkpoint_kimg: 0.6
-  snapshot_kimg: 0.5
+  snapshot_kimg: 0.6
   threads: 1
 generate:
   count: 40

@@ -110,4 +110,21 @@ def test_contact_sheet_kept_rows_after_a_reject_list(tmp_path: Path) -> None:
     rows.append(rejected("a.jpg", "crop", "in reject list"))
     contact_sheet(rows, crops, source, tmp_path / "sheet.html", thumb=16)
     assert (tmp_path / "sheet.html").read_text(encoding="utf-8").count("no preview") == 0
-    assert rows[0] == kept("a.png", "crop", box="0 0 20 20")
+    assert rows[0] == kept("a.png", "crop", box="0 0 20 20", output="a.png")
+
+
+def test_contact_sheet_shows_the_crop_a_row_names(tmp_path: Path) -> None:
+    """A kept row's thumbnail is the file in its `output`, whatever the source was called."""
+    source, crops = tmp_path / "src", tmp_path / "crops"
+    (source / "sub").mkdir(parents=True)
+    crops.mkdir()
+    save_png(np.full((10, 20, 3), (0, 0, 255), np.uint8), source / "sub" / "bike.png")
+    save_png(np.full((10, 20, 3), (255, 0, 0), np.uint8), crops / "sub__bike~1.png")  # its crop
+    save_png(np.full((10, 20, 3), (0, 255, 0), np.uint8), crops / "sub__bike.png")  # the guess
+    rows = [kept("sub/bike.png", "crop", box="0 0 20 10", output="sub__bike~1.png"),
+            kept("gone.png", "crop", output="")]  # names no file: no preview, no error
+    contact_sheet(rows, crops, source, tmp_path / "sheet.html", thumb=16)
+    thumb = load_image(tmp_path / "thumbs" / "sub__bike.jpg", 10**6)[0]
+    assert thumb is not None and thumb.shape == (8, 16, 3)
+    assert thumb[..., 0].mean() > 200 and thumb[..., 1:].mean() < 40  # red: the named crop
+    assert (tmp_path / "sheet.html").read_text(encoding="utf-8").count("no preview") == 1

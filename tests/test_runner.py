@@ -141,7 +141,7 @@ def test_code_hash_sees_code_in_a_deep_module_but_not_its_comments(tmp_path):
     text = losses.read_text()
     losses.write_text('"""A new module docstring."""\n# a comment\n' + text.split('"""', 2)[2])
     assert code_hash(script, package) == before
-    losses.write_text(text.replace("return", "return  0 +", 1))
+    losses.write_text(text.replace("    return ", "    return 0 + ", 1))
     assert code_hash(script, package) != before
 
 

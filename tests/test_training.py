@@ -14,22 +14,15 @@ from PIL import Image
 from pipeline.core.config import TrainConfig
 from pipeline.core.distributed import Dist
 from pipeline.core.errors import UserError
+from pipeline.core.schedules import parse_schedule
 from pipeline.gan import checkpoint as ckpt
+from pipeline.gan.data import BatchReader, BatchSampler, to_device_batch
 from pipeline.gan.diffaug import AdaptiveP, diff_augment, parse_policy, translation
-from pipeline.gan.loop import (
-    BatchReader,
-    BatchSampler,
-    Precision,
-    diversity,
-    ema_beta,
-    flip_labels,
-    instance_noise_std,
-    to_device_batch,
-    train,
-    update_ema,
-)
+from pipeline.gan.loop import train
 from pipeline.gan.models import load_generator
 from pipeline.gan.plots import make_grid, plot_losses
+from pipeline.gan.precision import Precision
+from pipeline.gan.steps import diversity, ema_beta, flip_labels, instance_noise_std, update_ema
 from pipeline.ingest import pack
 
 # Every trick on, so that the exact-resume test covers every random draw the loop makes.
@@ -364,3 +357,44 @@ def test_progress_bar_survives_a_last_batch_past_the_target(pack_dir: Path, tmp_
     report = train(cfg, pack_dir, tmp_path / "run", quiet=False)
     assert report.kimg_done >= 0.1
     assert "kimg" in capsys.readouterr().err
+
+
+def test_a_run_that_starts_collapsed_warns(pack_dir: Path, tmp_path: Path, capsys) -> None:
+    """A G that never learns draws near-identical samples from the start; the warning compares
+    them with the diversity of real images, so it fires (it used to compare with the run's own
+    best, which a run collapsed from the start never had)."""
+    cfg = dataclasses.replace(TINY, lr_g=1e-12, lr_d=1e-12, ema_kimg=0.0, collapse_ratio=0.5)
+    train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run/stats.jsonl").read_text().splitlines()]
+    assert all(row["collapse_warning"] for row in rows)
+    assert "less diverse than the real images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("family", ["fastgan", "r3gan"])
+def test_new_families_train_by_name_and_resume_exactly(pack_dir: Path, tmp_path: Path,
+                                                       family: str) -> None:
+    """FastGAN (hinge, DiffAugment, D's reconstruction loss) and R3GAN (RpGAN with R1 and R2
+    every step, cosine lr and gamma schedules): a split run equals a straight one."""
+    common = dict(kimg=0.064, tick_kimg=0.032, checkpoint_kimg=0.032, snapshot_kimg=0.032,
+                  width=0.0625, ada_target=0.0, label_flip=0.0, instance_noise=0.0,
+                  real_label=1.0)
+    recipes = {
+        "fastgan": dict(model="fastgan", loss="hinge", diffaugment="color,translation"),
+        "r3gan": dict(model="r3gan", loss="rpgan", diffaugment="", r1_gamma=1.0, r2_gamma=1.0,
+                      reg_interval=1, lr_decay="cos:1->0.25@0.064",
+                      gamma_decay="0.5->0.1@0.064", beta1=0.0, beta2=0.99),
+    }
+    cfg = dataclasses.replace(TINY, **common, **recipes[family])
+    whole = train(cfg, pack_dir, tmp_path / "whole", quiet=True)
+    train(dataclasses.replace(cfg, kimg=0.032), pack_dir, tmp_path / "split", quiet=True)
+    train(cfg, pack_dir, tmp_path / "split", quiet=True)
+    assert whole.steps == 4 and all(np.isfinite(v) for v in whole.final_losses.values())
+    a, b = _latest_state(tmp_path / "whole"), _latest_state(tmp_path / "split")
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d"):
+        _assert_same_tensors(a[key], b[key], key)
+    generator, spec = load_generator(whole.generator_dir)
+    assert spec.name == family and generator(torch.randn(2, cfg.nz)).shape == (2, 3, 32, 32)
+    if family == "r3gan":  # the schedule reached the optimizer: the last step ran at 0.048 kimg
+        scale = parse_schedule(cfg.lr_decay, "train.lr_decay").value(0.048)
+        assert scale < 0.5 and a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(
+            cfg.lr_g * scale)

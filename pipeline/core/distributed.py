@@ -10,7 +10,6 @@ Rank 0 is the one that prints, logs, checkpoints and exports (`print0`, `Dist.is
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,9 +79,9 @@ def shutdown(dist: Dist) -> None:
 
 
 def print0(dist: Dist, *args: Any, **kwargs: Any) -> None:
-    """print() on rank 0 only, to stderr by default so stdout stays clean for summaries."""
+    """print() on rank 0 only, flushed; to stdout, which the CLI copies into the run log."""
     if dist.is_main:
-        kwargs.setdefault("file", sys.stderr)
+        kwargs.setdefault("flush", True)
         print(*args, **kwargs)
 
 
@@ -102,12 +101,6 @@ def shard(items: np.ndarray, dist: Dist) -> np.ndarray:
     Strided (not blocked) so that the shards differ by at most one item for any length.
     """
     return items[dist.rank :: dist.world_size]
-
-
-def barrier(dist: Dist) -> None:
-    """Wait for every rank (e.g. before reading a file that rank 0 wrote)."""
-    if dist.enabled:
-        torch_dist.barrier()
 
 
 def all_gather_objects(obj: T, dist: Dist) -> list[T]:

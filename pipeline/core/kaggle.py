@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.errors import UserError
-from pipeline.ingest.archive import sha256_file
+from pipeline.core.files import atomic_write_text, sha256_file
 
 MARKER = "fetched.json"  # written beside an archive once it downloaded completely
 TOKEN_URL = "https://www.kaggle.com/settings/api"
@@ -152,9 +152,8 @@ def _seal(folder: Path, archive: Path, info: dict[str, Any]) -> Path:
     """Write the marker that makes a later fetch of the same source skip the network."""
     marker = {"archive": archive.name, "bytes": archive.stat().st_size,
               "sha256": sha256_file(archive), **info}
-    tmp = folder / (MARKER + ".tmp")
-    tmp.write_text(json.dumps(marker, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, folder / MARKER)  # atomic: a killed run leaves no half marker
+    # Atomic: a killed run leaves no half marker.
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=1, ensure_ascii=False))
     return archive
 
 

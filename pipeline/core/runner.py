@@ -81,10 +81,6 @@ class StageContext:
         return _hash([json.dumps(values, sort_keys=True), self.code_hash,
                       json.dumps(self.upstream_fingerprints, sort_keys=True)])
 
-    def log(self, message: str) -> None:
-        if not self.quiet:
-            print(message, flush=True)
-
 
 @dataclass(frozen=True)
 class Stage:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import multiprocessing
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -26,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from PIL import Image
 from tqdm import tqdm
 
 from pipeline.core.device import resolve_device
+from pipeline.core.distributed import all_gather_objects, broadcast_object, init_from_env, shutdown
 from pipeline.core.errors import UserError
-from pipeline.gan.models import fold_batchnorm, load_generator
+from pipeline.core.files import atomic_save, process_pool_context, resolve_workers
+from pipeline.gan.models import fold_batchnorm, get_model, load_generator
 
 # zlib level for the PNGs, measured on 200 128x128 RGB images (one core): DCGAN output 1.0 ms
 # and 13.1 KiB each at level 1 vs 4.5 ms and 10.2 KiB at PIL's default 6; photo crops 1.4 vs
@@ -41,7 +42,7 @@ NAME_DIGITS = 5  # 10,000 images -> 00000.png .. 09999.png
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the fixed last 12 bytes of every complete PNG
 PNG_COLOUR_TYPE = {1: 0, 3: 2}  # channels -> IHDR colour type (0 grey, 2 RGB)
-TMP_SUFFIX = ".part"  # in-progress files are `.NAME.png.part`: hidden, and not `*.png`
+TMP_SUFFIX = ".part"  # in-progress files are `.NAME.png.<hex>.part`: hidden, and not `*.png`
 
 
 @dataclass(frozen=True)
@@ -123,10 +124,15 @@ def png_is_complete(path: Path, size: int, channels: int) -> bool:
 
 
 def write_png(path: Path, pixels: np.ndarray, level: int = PNG_LEVEL) -> None:
-    """Write (H, W, 3) as RGB or (H, W) as L, atomically: a temporary name, then os.replace."""
-    tmp = path.with_name(f".{path.name}{TMP_SUFFIX}")  # same folder: os.replace is atomic
-    Image.fromarray(pixels).save(tmp, format="PNG", compress_level=level)
-    os.replace(tmp, path)
+    """Write (H, W, 3) as RGB or (H, W) as L, atomically: a temporary name, then os.replace.
+
+    Not fsynced (durable=False): an fsync per image would cost milliseconds each, and a resume
+    re-checks every file (png_is_complete) and rewrites a damaged one from its seed.
+    """
+    def encode(tmp: Path) -> None:
+        Image.fromarray(pixels).save(tmp, format="PNG", compress_level=level)
+
+    atomic_save(path, encode, durable=False, suffix=TMP_SUFFIX)
 
 
 def _encode_chunk(out_dir: Path, names: list[str], pixels: np.ndarray, level: int) -> int:
@@ -138,8 +144,8 @@ def _encode_chunk(out_dir: Path, names: list[str], pixels: np.ndarray, level: in
 
 def _remove_stale_parts(out_dir: Path, mine: range) -> None:
     """Delete temporary files a killed run of this rank left (other ranks may be writing theirs)."""
-    for part in out_dir.glob(f".*.png{TMP_SUFFIX}"):
-        stem = part.name[1:].split(".")[0]  # ".00042.png.part" -> "00042"
+    for part in out_dir.glob(f".*.png*{TMP_SUFFIX}"):  # also the older `.NAME.png.part`
+        stem = part.name[1:].split(".")[0]  # ".00042.png.1f2e3d4c.part" -> "00042"
         if stem.isdigit() and int(stem) in mine:
             part.unlink(missing_ok=True)
 
@@ -157,14 +163,6 @@ def _repeatable_cudnn() -> contextlib.AbstractContextManager:
     algorithms, full fp32. Restored on exit, so training code keeps its own (TF32, benchmark)."""
     return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
                                       deterministic=True, allow_tf32=False)
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork on Linux: workers start in milliseconds, inherit the imports and need no
-    `if __name__ == "__main__"` guard in the calling script (spawn and forkserver re-import it).
-    The workers only run PIL, never torch, so the parent's torch threads do not matter.
-    Elsewhere the platform's default (spawn on macOS and Windows)."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
 
 
 def _wait_oldest(pending: deque[AsyncResult], bar: tqdm) -> int:
@@ -190,20 +188,25 @@ def generate_images(
     quiet: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    local_rank: int = 0,
 ) -> GenerateReport:
     """Write images 0..count-1 (this rank's share) as PNGs into `out_dir`, skipping complete ones.
 
-    `workers` PNG encoding processes (0 = one per CPU core) run while the device computes the
-    next batch. Checking that the generator's size suits the competition is the caller's job.
+    `workers` PNG encoding processes (0 = one per CPU core) run while the device (this rank's
+    GPU: `local_rank`) computes the next batch. Checking that the generator's size suits the
+    competition is the caller's job.
     """
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = shard(count, rank, world_size)
-    workers = workers or os.cpu_count() or 1
+    workers = resolve_workers(workers)
     # Start the encoding processes before the model is loaded, so forked workers stay small.
-    with _pool_context().Pool(workers) as pool:
-        torch_device = resolve_device(device, "generate.device")
+    with process_pool_context().Pool(workers) as pool:
+        torch_device = resolve_device(device, "generate.device", local_rank)
         generator, spec = load_generator(generator_dir, torch_device)  # in eval mode
+        if truncation != 1 and not get_model(spec.name).has_mapping:
+            raise UserError(f"generate.truncation is {truncation} but model {spec.name} has no "
+                            "mapping network to truncate (stylegan2 has); set it to 1")
         # Channels-last halves the DCGAN-128 forward pass on CPU (measured 2.1 -> 1.0 s per 250
         # images) and is the fast layout for cuDNN too; folding BN into the convolutions saves
         # another 1.4x. Results stay repeatable and per-seed.
@@ -216,6 +219,39 @@ def generate_images(
                                batch_size, truncation, pool, workers, quiet)
     return GenerateReport(len(mine), written, len(mine) - len(todo),
                           time.perf_counter() - start)
+
+
+def generate_on_all_ranks(
+    generator_dir: Path,
+    out_dir: Path,
+    count: int,
+    batch_size: int,
+    truncation: float,
+    workers: int,
+    device: str,
+    quiet: bool = False,
+) -> GenerateReport:
+    """generate_images on every torchrun rank (or in this one process), into rank 0's `out_dir`.
+
+    Under torchrun (RANK and WORLD_SIZE set) each rank writes its shard into the folder rank 0
+    was given (the runner hands other ranks a scratch folder) and the call returns on no rank
+    before all have finished, so rank 0 may publish the folder. Returns the sums over ranks.
+    """
+    owns_group = not torch_dist.is_initialized()
+    dist = init_from_env(resolve_device(device, "generate.device").type)
+    try:
+        shared = broadcast_object(out_dir, dist)
+        mine = generate_images(generator_dir, shared, count, batch_size, truncation, workers,
+                               device, quiet or not dist.is_main, dist.rank, dist.world_size,
+                               dist.local_rank)
+        # A collective, so also the barrier: every rank's PNGs are in place once it returns.
+        reports = all_gather_objects(mine, dist)
+    finally:
+        if owns_group:
+            shutdown(dist)
+    return GenerateReport(sum(r.count for r in reports), sum(r.written for r in reports),
+                          sum(r.skipped_existing for r in reports),
+                          max(r.seconds for r in reports))
 
 
 def _run_batches(generator: torch.nn.Module, nz: int, device: torch.device, todo: list[int],

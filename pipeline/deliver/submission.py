@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import multiprocessing
-import os
-import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +19,12 @@ from tqdm import tqdm
 
 from pipeline.core import kaggle
 from pipeline.core.errors import UserError
-from pipeline.ingest.archive import sha256_file
+from pipeline.core.files import atomic_save, process_pool_context, resolve_workers, sha256_file
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip time: entries carry no build time
 SHOWN_NAMES = 3  # example names quoted per kind of problem
+PART_SUFFIX = ".part"  # the zip being built is `.NAME.<hex>.part` beside the final one
 PARALLEL_FROM = 500  # zips with fewer entries are validated in the calling process
 SLICES_PER_WORKER = 4  # validation tasks per process: progress steps vs reopening the zip
 
@@ -62,9 +60,8 @@ def write_zip(png_dir: Path, zip_path: Path, expected_count: int, size: int, mod
     (0 = one per CPU core).
     """
     pngs = first_pngs(png_dir, expected_count)
-    zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(f".{zip_path.name}.part")  # same folder, so os.replace is atomic
-    try:
+
+    def build(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for png in tqdm(pngs, desc="zip", unit="png", disable=quiet):
                 entry = zipfile.ZipInfo(png.name, date_time=ZIP_EPOCH)
@@ -73,9 +70,9 @@ def write_zip(png_dir: Path, zip_path: Path, expected_count: int, size: int, mod
         problems = validate_zip(tmp, expected_count, size, mode, quiet, workers)
         if problems:
             raise UserError(f"the zip built from {png_dir} is not valid: {'; '.join(problems)}")
-        os.replace(tmp, zip_path)
-    finally:
-        tmp.unlink(missing_ok=True)  # a failure or a kill midway leaves no partial zip
+
+    # A failure or a kill midway leaves no partial zip: only a valid zip gets the final name.
+    atomic_save(zip_path, build, suffix=PART_SUFFIX)
     return ZipReport(zip_path, len(pngs), zip_path.stat().st_size, sha256_file(zip_path))
 
 
@@ -129,11 +126,6 @@ def _check_task(task: tuple[Path, int, int, int, str]) -> list[tuple[str, list[s
     return _check_slice(*task)
 
 
-def _pool_context() -> multiprocessing.context.BaseContext:
-    """fork on Linux (fast, no main-module guard needed), else the platform's default."""
-    return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
-
-
 def _checked_entries(zip_path: Path, total: int, size: int, mode: str, workers: int,
                      quiet: bool) -> list[tuple[str, list[str]]]:
     """Check every entry, in slices over `workers` processes (0 = one per core), in order.
@@ -142,14 +134,14 @@ def _checked_entries(zip_path: Path, total: int, size: int, mode: str, workers: 
     over the cores; small zips are checked in this process. Each slice reopens the zip (~0.1 s
     for 10,000 entries), so there are only a few slices per worker.
     """
-    workers = 1 if total < PARALLEL_FROM else workers or os.cpu_count() or 1
+    workers = 1 if total < PARALLEL_FROM else resolve_workers(workers)
     step = max(1, -(-total // (workers * SLICES_PER_WORKER)))  # entries per slice, rounded up
     tasks = [(zip_path, k, min(k + step, total), size, mode) for k in range(0, total, step)]
     results: list[tuple[str, list[str]]] = []
     with tqdm(total=total, desc="validate", unit="png", disable=quiet) as bar, \
             contextlib.ExitStack() as stack:
         if workers > 1:
-            pool = stack.enter_context(_pool_context().Pool(workers))
+            pool = stack.enter_context(process_pool_context().Pool(workers))
             parts = pool.imap(_check_task, tasks)  # results in entry order
         else:
             parts = map(_check_task, tasks)

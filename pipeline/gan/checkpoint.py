@@ -10,37 +10,17 @@ resuming read the sidecar's `images_seen`, never the file name.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+# The atomic writers live in core.files; imported here so `ckpt.atomic_write_text` keeps working.
+from pipeline.core.files import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+
 PREFIX = "ckpt-"
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call `write(file_object)` on a temporary sibling of `path`, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder as the target: os.replace is atomic only within one file system.
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
-        os.replace(tmp, path)
-    except BaseException:  # KeyboardInterrupt too: leave no temporary behind
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write UTF-8 text atomically (tmp + os.replace)."""
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def save_checkpoint(folder: Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
@@ -92,8 +72,10 @@ def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
         for path in (pt_path.with_suffix(".json"), pt_path):  # sidecar first: never half-listed
             path.unlink(missing_ok=True)
         removed.append(pt_path)
-    for stray in folder.glob(f"{PREFIX}*.tmp"):
-        stray.unlink(missing_ok=True)
+    # Temporaries of killed writes: `.ckpt-*.<hex>.tmp` (core.files), `ckpt-*.tmp` (older runs).
+    for pattern in (f".{PREFIX}*{TMP_SUFFIX}", f"{PREFIX}*{TMP_SUFFIX}"):
+        for stray in folder.glob(pattern):
+            stray.unlink(missing_ok=True)
     return removed
 
 
@@ -144,3 +126,8 @@ def restore_rng(state: dict[str, Any]) -> None:
         # A machine with fewer GPUs restores the states of the devices it has.
         cuda_states = [s.cpu() for s in state["cuda"]]
         torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+
+
+def snapshot_dir(run_dir: Path, kimg: float) -> Path:
+    """Where the generator evaluated at `kimg` is kept (generate.snapshot names it by kimg)."""
+    return run_dir / "snapshots" / f"kimg{kimg:010.3f}"

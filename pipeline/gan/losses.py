@@ -1,18 +1,23 @@
 """GAN losses by name, and the gradient penalties that go with them.
 
-Every loss works on raw discriminator logits (N,) (no sigmoid anywhere in the networks) and is a
-small class with `d_loss(real_logits, fake_logits, real_label)` and `g_loss(...)`. Conventions:
+Every loss works on raw discriminator logits (no sigmoid anywhere in the networks), shaped (N,)
+or (N, P) for a PatchGAN head, and averages over all of them. Each is a small class with
+`d_loss(real_logits, fake_logits, real_label)` and `g_loss(...)`. Conventions:
 
 - D losses add their real and fake terms (Goodfellow's minimax, StyleGAN2's logistic loss, the
   hinge loss), except where the source halves them: LSGAN's 1/2 factors and seed 004's RaLSGAN.
   Keeping StyleGAN2's scale matters because R1's gamma is tuned against it.
 - `real_label` is the target for reals (soft labels: seed 004 uses 0.8). It moves D's real
   target in the BCE and least-squares losses, and G's target where the formula has one
-  (LSGAN with c = b, RaLSGAN as in seed 004). Hinge and WGAN have no targets and ignore it.
-- Relativistic losses compare each side with the other's mean, so their G step needs the real
-  logits too (`uses_real_logits_in_g`); the others accept None there.
+  (LSGAN with c = b, RaLSGAN as in seed 004). Hinge, WGAN and RpGAN have no targets and
+  ignore it.
+- Relativistic losses compare reals with fakes (RaLSGAN: each side with the other's mean;
+  RpGAN: real i with fake i), so their G step needs the real logits too
+  (`uses_real_logits_in_g`); the others accept None there.
 - WGAN-GP's penalty is computed by `gradient_penalty` and weighted by the training loop with
   `gradient_penalty_weight`, since it needs D itself rather than logits.
+- R1 (reals) and R2 (fakes) return the unweighted mean squared gradient norm; the caller
+  multiplies by gamma / 2, or by `lazy_weight(gamma, interval, step)` when applied lazily.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class GANLoss:
     """Base class: the flags the training loop reads, and the two losses to override."""
 
     name: str = ""  # set by register_loss
-    uses_real_logits_in_g: bool = False  # G step must recompute D(reals) (relativistic losses)
+    uses_real_logits_in_g: bool = False  # G step needs real logits (the D step's, detached)
     gradient_penalty_weight: float = 0.0  # weight of `gradient_penalty` in D's loss (WGAN-GP)
 
     def d_loss(self, real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> Tensor:
@@ -188,6 +193,38 @@ class WGANGP(GANLoss):
         return -fake_logits.mean()
 
 
+@register_loss("rpgan")
+class RpGAN(GANLoss):
+    """Relativistic pairing GAN (Jolicoeur-Martineau; R3GAN's loss), real i paired with fake i:
+
+    D: mean softplus(-(D(x_i) - D(G(z_i))));  G: mean softplus(-(D(G(z_i)) - D(x_i))).
+
+    Pairing is per sample (per patch for (N, P) logits), not against the other side's mean
+    (that is RaGAN), so both sides must have the same shape. There is no target: soft labels do
+    not apply and `real_label` is ignored. R3GAN pairs it with R1 + R2 (`r2_penalty`).
+    """
+
+    uses_real_logits_in_g = True
+
+    @staticmethod
+    def _paired(winner: Tensor, loser: Tensor) -> Tensor:
+        """Mean softplus(-(winner - loser)): small when each winner logit beats its partner."""
+        if winner.shape != loser.shape:
+            raise ValueError(
+                f"rpgan pairs real i with fake i: logits {tuple(winner.shape)} and "
+                f"{tuple(loser.shape)} differ in shape"
+            )
+        return F.softplus(loser - winner).mean()
+
+    def d_loss(self, real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> Tensor:
+        return self._paired(real_logits, fake_logits)
+
+    def g_loss(
+        self, real_logits: Tensor | None, fake_logits: Tensor, real_label: float = 1.0
+    ) -> Tensor:
+        return self._paired(fake_logits, _need_real(real_logits, self.name))
+
+
 # ----------------------------------------------------------------------------------------------
 # Penalties
 
@@ -212,10 +249,40 @@ def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
     `real_images` must have had requires_grad_(True) before D saw them. The caller weights it by
     gamma / 2 (times the lazy-regularisation interval when applied every k steps).
     """
+    return _squared_gradient_norm(real_logits, real_images)
+
+
+def r2_penalty(fake_logits: Tensor, fake_images: Tensor) -> Tensor:
+    """R2 (Mescheder et al., R3GAN): E[||grad_x D(x)||^2] on fakes, graph kept; R1's mirror.
+
+    `fake_images` must be detached from G and have had requires_grad_(True) before D saw them,
+    so the penalty trains D only. Same convention as r1_penalty: unweighted, mean over images of
+    the squared gradient norm of the summed logits; the caller weights it by gamma / 2 (or
+    `lazy_weight`). R3GAN uses one gamma for R1 and R2.
+    """
+    return _squared_gradient_norm(fake_logits, fake_images)
+
+
+def _squared_gradient_norm(logits: Tensor, images: Tensor) -> Tensor:
+    """Mean over images of ||d sum(logits) / d image||^2; logits (N,) or (N, P)."""
     # Summing the logits gives each image its own gradient (images do not interact in D,
-    # minibatch-std aside), and create_graph lets the penalty train D.
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    # minibatch-std aside), and create_graph lets the penalty train D (it also retains the
+    # graph, so R1 and R2 can both be taken from one D step).
+    (grad,) = torch.autograd.grad(logits.sum(), images, create_graph=True)
     return grad.square().flatten(1).sum(1).mean()  # mean over images of ||grad||^2
+
+
+def lazy_weight(gamma: float, interval: int, step: int) -> float:
+    """Weight of an R1 / R2 penalty at D step `step` under StyleGAN2's lazy regularisation.
+
+    The penalty runs every `interval` steps, scaled up by `interval` so its average weight stays
+    gamma / 2: gamma / 2 * interval when step % interval == 0, else 0.0 (skip computing it).
+    interval = 1 is the plain every-step form R3GAN uses. Replaces the loop's inline
+    `cfg.r1_gamma / 2 * R1_INTERVAL if steps % R1_INTERVAL == 0 else 0.0`.
+    """
+    if interval < 1:
+        raise ValueError(f"lazy regularisation interval must be >= 1 step, got {interval}")
+    return gamma / 2 * interval if step % interval == 0 else 0.0
 
 
 def path_length_penalty(

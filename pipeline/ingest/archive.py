@@ -27,6 +27,7 @@ from typing import IO
 from tqdm import tqdm
 
 from pipeline.core.errors import UserError
+from pipeline.core.files import sha256_file as sha256_file  # re-exported: one implementation
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 IMAGE = "image"  # FileRecord.kind of an extracted image
@@ -149,15 +150,6 @@ def _inside(target: Path, rel: str) -> Path | None:
 
 # ----------------------------------------------------------------------------------------------
 # Copying with a hash
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks (archives can be gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def copy_hashed(src: IO[bytes], dest: Path | None,

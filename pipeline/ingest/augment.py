@@ -1,22 +1,23 @@
 """Offline, deterministic augmentation into the training pack.
 
 Every clean image is written once as is, then once per transform (horizontal flip, small
-rotations). Horizontal flips are the safe case; rotations fill the corners with the background,
-which the generator can learn ("leaking" augmentations in the ADA paper), so they are opt-in and
-recorded in the pack's info. Stochastic augmentations that must touch reals and fakes alike
-(DiffAugment, ADA) belong to training, not here.
+rotations). Horizontal flips are the safe case; rotations fill the corners with pad.background
+(the letterbox colour, so corners and bands match), which the generator can learn ("leaking"
+augmentations in the ADA paper), so they are opt-in and recorded in the pack's info.
+Stochastic augmentations that must touch reals and fakes alike (DiffAugment, ADA) belong to
+training, not here.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
 from pipeline.ingest import pack
+from pipeline.ingest.opencv import cv2
 from pipeline.ingest.pack import PackInfo
 
 
@@ -29,8 +30,23 @@ def transform_names(hflip: bool, rotations: tuple[float, ...]) -> tuple[str, ...
     return tuple(names)
 
 
-def apply_transform(image: np.ndarray, name: str) -> np.ndarray:
-    """One named transform of an (H, W, C) uint8 image; rotations fill corners with black."""
+def fill_value(background: tuple[int, int, int], grey: bool) -> tuple[int, ...]:
+    """pad.background as pixel values of the pack: RGB, or its PIL 'L' grey level when grey.
+
+    PIL's conversion is the one read_clean_image applies to the letterbox bands, so rotated
+    corners get exactly the grey of the bands.
+    """
+    if not grey:
+        return tuple(background)
+    return (int(Image.new("RGB", (1, 1), tuple(background)).convert("L").getpixel((0, 0))),)
+
+
+def apply_transform(image: np.ndarray, name: str,
+                    fill: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """One named transform of an (H, W, C) uint8 image; rotations fill corners with `fill`.
+
+    `fill` holds one value per channel (see fill_value).
+    """
     if name == "identity":
         return image
     if name == "hflip":
@@ -40,7 +56,8 @@ def apply_transform(image: np.ndarray, name: str) -> np.ndarray:
         height, width = image.shape[:2]
         matrix = cv2.getRotationMatrix2D((width / 2, height / 2), angle, 1.0)
         rotated = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                                 borderMode=cv2.BORDER_CONSTANT,
+                                 borderValue=tuple(float(v) for v in fill))
         return rotated.reshape(image.shape)  # cv2 drops a single channel axis
     raise ValueError(f"unknown transform {name!r}")
 
@@ -56,19 +73,22 @@ def read_clean_image(path: Path, size: int, grey: bool) -> np.ndarray:
 
 
 def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
-               rotations: tuple[float, ...], grey: bool, quiet: bool = False) -> PackInfo:
+               rotations: tuple[float, ...], grey: bool, background: tuple[int, int, int],
+               quiet: bool = False) -> PackInfo:
     """Write every image and its transformed copies into a memory-mapped uint8 pack.
 
+    Rotated copies fill their corners with `background` (pad.background, RGB 0..255).
     Streams: one source image in memory at a time, the pack itself lives on disk.
     """
     names = transform_names(hflip, rotations)
+    fill = fill_value(background, grey)
     channels = 1 if grey else 3
     images = pack.create(out_dir, len(files) * len(names), size, channels)
     # Layout: all identities first, then all flips, ... so a prefix is a plain dataset.
     for index, path in enumerate(tqdm(files, desc="augment", unit="img", disable=quiet)):
         source = read_clean_image(path, size, grey)
         for copy, name in enumerate(names):
-            images[copy * len(files) + index] = apply_transform(source, name)
+            images[copy * len(files) + index] = apply_transform(source, name, fill)
     images.flush()
     info = PackInfo(count=len(files) * len(names), size=size, channels=channels,
                     sources=len(files), transforms=names)

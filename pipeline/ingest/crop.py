@@ -12,14 +12,13 @@ import hashlib
 import os
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
-from multiprocessing import Pool
 from pathlib import Path
 from typing import Any
 
-import cv2
 from tqdm import tqdm
 
 from pipeline.core.config import CropConfig
+from pipeline.core.files import process_pool_context, resolve_workers
 from pipeline.ingest.decisions import Decision, kept, rejected
 from pipeline.ingest.images import alpha_bbox, load_image, save_png
 
@@ -67,18 +66,6 @@ def flat_names(rels: Sequence[str]) -> dict[str, str]:
             for rel, name in flat.items()}
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on (taskset, containers), not all the machine has."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def _init_worker() -> None:
-    """One OpenCV thread per process: the pool already uses every core."""
-    cv2.setNumThreads(1)
-
-
 def parallel_map(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int, quiet: bool,
                  desc: str) -> Iterator[Any]:
     """Yield func(task) in task order, over `workers` processes (0 = one per usable CPU).
@@ -86,7 +73,7 @@ def parallel_map(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
     Chunked imap keeps memory flat: only a few chunks of small results are in flight. One
     worker (or one task) runs in this process, which keeps tracebacks and profiles simple.
     """
-    workers = workers or _usable_cpus()
+    workers = resolve_workers(workers)
     bar = tqdm(total=len(tasks), desc=desc, unit="img", disable=quiet)
     if workers == 1 or len(tasks) <= 1:
         for task in tasks:
@@ -95,7 +82,7 @@ def parallel_map(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
     else:
         # Chunks amortise inter-process messages; >= 8 chunks per worker balance the load.
         chunk = max(1, min(16, len(tasks) // (workers * 8)))
-        with Pool(workers, initializer=_init_worker) as pool:
+        with process_pool_context().Pool(workers) as pool:
             for result in pool.imap(func, tasks, chunksize=chunk):
                 yield result
                 bar.update()
@@ -130,7 +117,8 @@ def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, m
     """Write one PNG per usable file under `root` into `out_dir`; one Decision per file.
 
     Rows come sorted by relative path; Decision.file is that path (posix), box "x0 y0 x1 y1"
-    in source pixels. `workers` processes (0 = one per CPU core).
+    in source pixels, output the PNG's name in `out_dir` for kept rows. `workers` processes
+    (0 = one per CPU core).
     """
     if cfg.method not in ("alpha", "none"):
         raise ValueError(f"crop method {cfg.method!r} is not handled here (yolo: ingest.detect)")
@@ -143,5 +131,6 @@ def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, m
               cfg.margin, max_pixels) for rel in rels]
     rows = []  # results arrive in task order, so zip pairs each with its file
     for rel, (reason, box) in zip(rels, parallel_map(_crop_one, tasks, workers, quiet, STAGE)):
-        rows.append(rejected(rel, STAGE, reason) if reason else kept(rel, STAGE, box=box))
+        rows.append(rejected(rel, STAGE, reason) if reason
+                    else kept(rel, STAGE, box=box, output=names[rel]))
     return rows

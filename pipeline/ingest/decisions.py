@@ -1,7 +1,8 @@
 """The decision record: one row per image that enters ingest, saying what happened to it and why.
 
-Every stage that drops images (fetch, crop, pad) writes its rows to a CSV in its output folder
-with pandas; `python -m pipeline status` and the report count them by reason.
+The stages that drop images (crop, pad) write their rows to a CSV in their output folder with
+pandas; `python -m pipeline status` and the report count them by reason. Kept rows name the file
+the stage wrote (`output`), which links crop's rows to pad's in the consolidated ingest.csv.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ COLUMNS = ["file", "stage", "decision", "reason", "box", "score", "output"]
 @dataclass(frozen=True)
 class Decision:
     file: str  # path relative to the stage's input folder (unique per image)
-    stage: str  # fetch | crop | pad
+    stage: str  # crop | pad
     decision: str  # KEPT or REJECTED
     reason: str = ""  # why rejected ("corrupt: ...", "duplicate of X"); "" if kept
     box: str = ""  # crop box "x0 y0 x1 y1" in source pixels, "" if none
@@ -70,10 +71,12 @@ def consolidate_decisions(crop_rows: pd.DataFrame, pad_rows: list[Decision]) -> 
     """One row per image that entered ingest, with its final decision.
 
     Images crop rejected keep crop's row; images crop kept get pad's decision, named by their
-    original file (crop's `output` column maps crop's file name back to the source file).
+    source file (crop's `output` column maps crop's file name back to it), with pad's `output`,
+    the file in data/clean, for the ones pad kept. So `file` is always a source path.
     """
     pad_frame = pd.DataFrame([asdict(r) for r in pad_rows], columns=COLUMNS)
     rejected_by_crop = crop_rows[crop_rows["decision"] == REJECTED]
-    origin = dict(zip(crop_rows["output"], crop_rows["file"]))
+    kept_by_crop = crop_rows[crop_rows["output"] != ""]
+    origin = dict(zip(kept_by_crop["output"], kept_by_crop["file"]))
     pad_frame["file"] = [origin.get(name, name) for name in pad_frame["file"]]
     return pd.concat([rejected_by_crop[COLUMNS], pad_frame], ignore_index=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-import cv2
 import numpy as np
+
+from pipeline.ingest.opencv import cv2
 
 COLOUR_TOLERANCE = 12  # mean-colour difference (levels of 255) still counted as the same picture
 

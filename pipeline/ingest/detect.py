@@ -250,7 +250,8 @@ def _decide(rel: str, image: np.ndarray, detections: list[Detection], out_path: 
     assert choice is not None
     x0, y0, x1, y1 = expand_box(choice.box, width, height, cfg.margin, cfg.square)
     save_png(image[y0:y1, x0:x1], out_path, compress_level=1)  # scratch file for pad
-    return kept(rel, STAGE, box=format_box((x0, y0, x1, y1)), score=choice.score)
+    return kept(rel, STAGE, box=format_box((x0, y0, x1, y1)), score=choice.score,
+                output=out_path.name)
 
 
 def crop_with_yolo(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig,
@@ -258,7 +259,8 @@ def crop_with_yolo(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig
     """Write the main object of each file under `root` as a PNG into `out_dir`.
 
     One Decision per file, sorted by relative path (posix), as crop_images does; kept rows
-    carry the crop box "x0 y0 x1 y1" and the detector score. Images are decoded and detected
+    carry the crop box "x0 y0 x1 y1", the detector score and the PNG's name in `out_dir`
+    (Decision.output). Images are decoded and detected
     `cfg.batch_size` at a time, so memory stays flat. `base_dir` resolves a relative
     crop.weights (the project root; None = the current folder).
     """

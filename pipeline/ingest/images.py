@@ -17,9 +17,10 @@ import zlib
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from pipeline.ingest.opencv import cv2
 
 FitMode = Literal["letterbox", "resize", "center-crop"]
 

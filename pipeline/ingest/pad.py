@@ -64,7 +64,8 @@ def pad_images(files: list[Path], root: Path, out_dir: Path, cfg: PadConfig,
                quiet: bool) -> list[Decision]:
     """Write `{stem}.png` (cfg.size square RGB) for every usable file; one Decision per file.
 
-    Rows come sorted by path relative to `root`. With cfg.dedupe, later copies (by name) of an
+    Rows come sorted by path relative to `root`; kept rows name their PNG (Decision.output).
+    With cfg.dedupe, later copies (by name) of an
     exact or near-identical output are rejected as 'duplicate of <kept file>' and deleted.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,5 +89,5 @@ def pad_images(files: list[Path], root: Path, out_dir: Path, cfg: PadConfig,
         for rel, original in duplicates.items():  # reject and remove the later copies
             reasons[rel] = f"duplicate of {original}"
             (out_dir / names[rel]).unlink(missing_ok=True)
-    return [rejected(rel, STAGE, reasons[rel]) if reasons[rel] else kept(rel, STAGE)
-            for rel in rels]
+    return [rejected(rel, STAGE, reasons[rel]) if reasons[rel]
+            else kept(rel, STAGE, output=names[rel]) for rel in rels]

@@ -13,7 +13,6 @@ import unicodedata
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -21,6 +20,7 @@ from pipeline.core.errors import UserError
 from pipeline.ingest.crop import flat_names
 from pipeline.ingest.decisions import KEPT, Decision, rejected
 from pipeline.ingest.images import composite, load_image
+from pipeline.ingest.opencv import cv2
 
 STAGE = "crop"
 REJECT_REASON = "in reject list"
@@ -118,13 +118,9 @@ def _write_jpeg(image: np.ndarray, path: Path) -> None:
     path.write_bytes(data.tobytes())
 
 
-def _kept_image(row: Decision, image_dir: Path, names: list[dict[str, str]]) -> Path | None:
-    """The crop written for a kept row, under any of the naming sets the stage may have used."""
-    for mapping in names:
-        candidate = image_dir / mapping.get(row.file, "")
-        if row.file in mapping and candidate.is_file():
-            return candidate
-    return None
+def _kept_image(row: Decision, image_dir: Path) -> Path | None:
+    """The crop the stage wrote for a kept row (Decision.output), None when it names none."""
+    return image_dir / row.output if row.output else None
 
 
 def _group(row: Decision) -> str:
@@ -183,20 +179,18 @@ def contact_sheet(decisions: list[Decision], image_dir_for_kept: Path, source_ro
     """Write an HTML page of every decision, grouped kept first, then by rejection reason.
 
     Thumbnails (JPEG, longer side `thumb` px) go to a thumbs/ folder beside the page: the crop
-    for kept rows, the source picture with its detection box for rejected ones. Unreadable
+    a kept row names in its `output` (in `image_dir_for_kept`), the source picture with its
+    detection box for rejected ones. Unreadable
     pictures get a "no preview" tile, never an error.
     """
     thumbs = out_html.parent / "thumbs"
     thumbs.mkdir(parents=True, exist_ok=True)
     files = sorted({row.file for row in decisions})
     thumb_names = {rel: name[:-len(".png")] + ".jpg" for rel, name in flat_names(files).items()}
-    # The stage named its crops among the files it processed, i.e. without reject-list rows
-    processed = sorted({r.file for r in decisions if r.reason != REJECT_REASON})
-    crop_names = [flat_names(processed), flat_names(files)]
     groups: dict[str, list[str]] = {}
     for row in tqdm(sorted(decisions, key=lambda r: r.file), desc="contact sheet", unit="img",
                     disable=quiet):
-        source = (_kept_image(row, image_dir_for_kept, crop_names) if row.decision == KEPT
+        source = (_kept_image(row, image_dir_for_kept) if row.decision == KEPT
                   else source_root / row.file)
         box = "" if row.decision == KEPT else row.box
         # A reduced JPEG decode is much faster, but only full size matches a box's pixels

