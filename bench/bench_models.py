@@ -14,8 +14,8 @@ pytorch-fid's Inception: the same reference, the same n, the same scorer for eve
 Resumable: the data stages run once per size in <out>/<size>px/base and are hard-linked into
 each entry's project; each finished entry appends one JSON line to <out>/results.jsonl, and a
 rerun skips entries already there (same size, minutes, n, recipe). A killed entry restarts.
-Grids: <out>/<size>px/<entry>/data/train/fakes*.png, and the best snapshot's samples are copied
-to bench/results/tournament-<size>px-<entry>.png.
+Grids: <out>/<size>px/<entry>/data/train/fakes*.png, and the first 64 scored samples (from the
+best snapshot) in <out>/tournament-<size>px-<entry>.png (bench/results/ keeps the recorded ones).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
     generated = json.loads((project / "data/generated/manifest.json").read_text())
     evals = [json.loads(line) for line in (project / "data/train/eval.jsonl").read_text()
              .splitlines()] if (project / "data/train/eval.jsonl").exists() else []
-    save_samples(project, ROOT / "bench/results" / f"tournament-{args.size}px-{name}.png")
+    save_samples(project, args.out / f"tournament-{args.size}px-{name}.png")
     return {"size": args.size, "minutes": args.minutes, "n": args.n, "entry": name,
             "recipe": RECIPES[name], "kimg": train["counts"]["kimg"],
             "img_per_s": train["counts"]["img_per_s"], "train_wall_s": round(train_seconds),

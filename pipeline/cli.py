@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import os
+import shlex
 import shutil
 import sys
 import time
@@ -31,6 +33,7 @@ from pipeline.core import layout
 from pipeline.core.config import SECTIONS, load_params, section_doc
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_text
+from pipeline.core.lock import project_lock
 from pipeline.core.runner import Graph, Project
 
 app = typer.Typer(
@@ -54,7 +57,8 @@ def _graph(root: Path, params_file: Path | None, overrides: list[str]) -> Graph:
     from stages import STAGES
 
     project = Project(root.resolve())
-    params = load_params(params_file or project.params_file, overrides)
+    params = load_params(params_file or project.params_file, overrides,
+                         must_exist=params_file is not None)
     package_dir = Path(__file__).resolve().parent
     return Graph(STAGES, project, params, package_dir)
 
@@ -91,7 +95,7 @@ def run(
     """Run the named stages and whatever upstream of them is not cached."""
     graph = _graph(root, params, _split_overrides(set_ or []))
     names = [s.value for s in stages]
-    with log_to_file(graph.project.data / "logs", names):
+    with project_lock(graph.project.data), log_to_file(graph.project.data / "logs", names):
         graph.run(names, force=names if force else (), quiet=quiet)
 
 
@@ -166,7 +170,8 @@ def report(
     from pipeline.report import write_report  # matplotlib and friends: only for this command
 
     graph = _graph(root, params, _split_overrides(set_ or []))
-    page = write_report(graph, graph.project.data / "report", quiet=quiet)
+    with project_lock(graph.project.data):
+        page = write_report(graph, graph.project.data / "report", quiet=quiet)
     print(page)
     if open_:
         import webbrowser
@@ -224,9 +229,9 @@ def _print_ingest_counts(graph: Graph) -> None:
     record = graph.output_dir("pad") / layout.INGEST_CSV
     if not record.exists():
         return
-    import pandas as pd
+    from pipeline.ingest.decisions import read_decisions
 
-    table = pd.read_csv(record, keep_default_na=False)
+    table = read_decisions(record)
     kept = int((table["decision"] == "kept").sum())
     print(f"\ningest: {len(table):,} images, {kept:,} kept, {len(table) - kept:,} rejected")
     rejected = table[table["decision"] == "rejected"]
@@ -247,9 +252,25 @@ def _human(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
+def arguments_from_make(argv: list[str], environ: dict[str, str]) -> list[str]:
+    """argv plus what the Makefile passed in the environment, never through a shell.
+
+    `make all SET="..." ARGS="..."` exports PIPELINE_SET and PIPELINE_ARGS with make's raw
+    `$(value ...)`: a `"`, a backtick, `$(...)` or `$5` in a value reaches us as typed. SET is
+    split on spaces outside brackets (as --set values are); ARGS with shell-like quoting.
+    """
+    extra = shlex.split(environ.get("PIPELINE_ARGS", ""))
+    overrides = _split_overrides([environ.get("PIPELINE_SET", "")])
+    return argv + extra + [part for value in overrides for part in ("--set", value)]
+
+
 def main() -> None:
     """Entry point: expected errors become one sentence and a non-zero exit, no traceback."""
     try:
+        # Read once: the pipeline's own subprocesses (npm, kaggle) must not see them.
+        sys.argv = arguments_from_make(sys.argv, {key: os.environ.pop(key) for key in
+                                                  ("PIPELINE_SET", "PIPELINE_ARGS")
+                                                  if key in os.environ})
         app()
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -258,9 +279,11 @@ def main() -> None:
         print("interrupted: rerun the same command to continue", file=sys.stderr)
         sys.exit(130)
     except OSError as error:
-        if error.errno == errno.ENOSPC:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             free = shutil.disk_usage(".").free
-            print(f"error: no disk space left ({_human(free)} free); free some space or move "
-                  "data/ to a larger disk, then rerun", file=sys.stderr)
+            what = {errno.ENOSPC: "no disk space left", errno.EDQUOT: "disk quota exceeded",
+                    errno.EFBIG: "a file grew past the file system's limit"}[error.errno]
+            print(f"error: {what} ({_human(free)} free, writing {error.filename or '?'}); free "
+                  "some space or move data/ to a larger disk, then rerun", file=sys.stderr)
             sys.exit(28)
         raise

@@ -391,6 +391,30 @@ def _plot_training(rows: list[dict[str, Any]], path: Path) -> None:
     _save_figure(figure, path)
 
 
+def _evaluation_part(page: Page, train_dir: Path) -> str:
+    """KID and FID of each evaluated snapshot (train.eval_kimg), the best one marked."""
+    evals = read_stats(train_dir / layout.EVAL_JSONL)
+    if not evals:
+        return _note("no snapshot evaluations (train.eval_kimg is 0): generate uses the last "
+                     "generator")
+    best = min(evals, key=lambda row: row["kid"])
+    figure, axes = _new_figure(11, 3.2, 1, 2)
+    kimg = [row["kimg"] for row in evals]
+    for axis, key in zip(axes[0], ("kid", "fid")):
+        axis.plot(kimg, [row[key] for row in evals], marker="o", label=key.upper())
+        axis.plot([best["kimg"]], [best[key]], marker="*", markersize=14, linestyle="none",
+                  label="best (generate uses it)")
+        axis.set_xlabel("kimg")
+        axis.set_ylabel(f"{key.upper()} on {evals[0]['n']} samples")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best", fontsize=8)
+    _save_figure(figure, page.picture("evaluation.png"))
+    caption = (f"<p>Best snapshot: <b>{best['kimg']:g} kimg</b>, KID {best['kid']:.4f}, FID "
+               f"{best['fid']:.1f} ({len(evals)} evaluations on {evals[0]['n']} samples; "
+               f"generate.snapshot picks which one is used).</p>")
+    return caption + _img("evaluation.png", "snapshot scores during training", "plot")
+
+
 def _snapshots(train_dir: Path) -> list[Path]:
     """First, middle and last fakes grids of the run (fewer when the run wrote fewer)."""
     grids = sorted(train_dir.glob("fakes*.png"))
@@ -424,6 +448,7 @@ def training_section(page: Page) -> str:
         parts.append(_img("training.png", "losses and discriminator outputs", "plot"))
     else:
         parts.append(_note(f"no {layout.STATS_JSONL} in data/train/ (the run logged no tick)"))
+    parts.append(_evaluation_part(page, train_dir))
     figures = []
     if (train_dir / "reals.png").exists():
         shutil.copy2(train_dir / "reals.png", page.picture("train_reals.png"))

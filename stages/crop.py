@@ -17,14 +17,26 @@ from pipeline.ingest.crop import crop_images
 from pipeline.ingest.decisions import summarize, write_decisions
 from pipeline.ingest.detect import configure_ultralytics, crop_with_yolo
 from pipeline.ingest.raw import list_fetched_images
-from pipeline.ingest.review import apply_reject_list, contact_sheet, read_reject_list
+from pipeline.ingest.review import (
+    apply_reject_list,
+    contact_sheet,
+    read_reject_list,
+    unmatched,
+)
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg, raw = ctx.params.crop, ctx.inputs["fetch"] / layout.RAW_FILES_DIR
     files = list_fetched_images(ctx.inputs["fetch"])
     reject_path = ctx.project.root / cfg.reject_list if cfg.reject_list else None
-    files, manual = apply_reject_list(files, raw, read_reject_list(reject_path))
+    names = read_reject_list(reject_path)
+    missing = unmatched(names, files, raw)
+    if missing:  # a typo would silently keep the picture the user meant to drop
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5
+                                          else "")
+        print(f"warning: {len(missing)} name(s) in {cfg.reject_list} match no fetched image: "
+              f"{shown}", flush=True)
+    files, manual = apply_reject_list(files, raw, names)
 
     images_dir = ctx.out_dir / layout.CROP_IMAGES_DIR
     images_dir.mkdir()

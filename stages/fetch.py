@@ -9,13 +9,29 @@ its size, sha256 and whether it was ignored and why). Downloads are cached in da
 
 from pathlib import Path
 
+from pipeline.core.errors import UserError
 from pipeline.core.runner import Project, Stage, StageContext, StageResult
 from pipeline.ingest.raw import source_fingerprint
 from pipeline.ingest.sources import fetch
 
 
+def refuse_owned_source(source: str, root: Path, owned: tuple[Path, ...]) -> None:
+    """A dir:/zip: source inside a folder the pipeline replaces would be deleted by it: refuse."""
+    kind, _, location = source.partition(":")
+    if kind not in ("dir", "zip"):
+        return
+    path = Path(location).expanduser()
+    path = (path if path.is_absolute() else root / path).resolve()
+    for folder in owned:
+        if path.is_relative_to(folder.resolve()):
+            raise UserError(f"fetch.source {source!r} lies inside {folder.relative_to(root)}/, "
+                            "which the pipeline replaces on every run (it would be deleted); "
+                            "move it elsewhere, e.g. to a folder beside data/")
+
+
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.fetch
+    refuse_owned_source(cfg.source, ctx.project.root, ctx.owned)
     report = fetch(cfg.source, ctx.out_dir, downloads_dir=ctx.project.data / "downloads",
                    limit=cfg.limit, project_root=ctx.project.root, quiet=ctx.quiet)
     ignored = f", {report.n_ignored:,} other files ignored" if report.n_ignored else ""

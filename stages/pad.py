@@ -9,8 +9,10 @@ decisions) and ingest.csv (one row per image that entered ingest with its final 
 from pathlib import Path
 
 from pipeline.core import layout
+from pipeline.core.files import csv_safe_frame
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.ingest.decisions import (
+    NAME_COLUMNS,
     consolidate_decisions,
     read_decisions,
     summarize,
@@ -26,7 +28,7 @@ def run(ctx: StageContext) -> StageResult:
     write_decisions(decisions, ctx.out_dir / layout.PAD_REPORT_CSV)
     crop_rows = read_decisions(ctx.inputs["crop"] / layout.DECISIONS_CSV)
     ingest = consolidate_decisions(crop_rows, decisions)
-    ingest.to_csv(ctx.out_dir / layout.INGEST_CSV, index=False)
+    csv_safe_frame(ingest, NAME_COLUMNS).to_csv(ctx.out_dir / layout.INGEST_CSV, index=False)
     return StageResult(*summarize(decisions, f"data/clean/{layout.PAD_REPORT_CSV}"))
 
 

@@ -4,8 +4,9 @@
     make train GPUS=2            # torchrun, DDP
 
 Checkpoints, grids, stats.jsonl and TensorBoard logs live in data/runs/<run>/, a folder chosen by
-everything but train.kimg, train.minutes and the evaluation knobs: raising only the length (or
-the time budget) continues the same run, and a killed run resumes from its last checkpoint.
+everything but the bookkeeping knobs (config.BOOKKEEPING_KEYS: length, time budget, tick,
+checkpoint, snapshot and evaluation intervals, threads): changing those continues the same run,
+and a killed run resumes from its last checkpoint.
 data/train/ receives the exported generator (last step), the best evaluated snapshot (best/,
 with train.eval_kimg) and the plots.
 """
@@ -14,14 +15,16 @@ import shutil
 from pathlib import Path
 
 from pipeline.core import layout
+from pipeline.core.config import BOOKKEEPING_KEYS
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.gan.loop import train
 
 
 def run(ctx: StageContext) -> StageResult:
     cfg = ctx.params.train
-    # Length, time budget and evaluation do not change the trajectory: same run folder.
-    key = ctx.run_key(cfg, exclude=("kimg", "minutes", "eval_kimg", "eval_n"))
+    # Length, time budget, logging, checkpoints and evaluation do not change the trajectory:
+    # changing them continues the same run folder.
+    key = ctx.run_key(cfg, exclude=BOOKKEEPING_KEYS)
     run_dir = ctx.project.data / "runs" / key[:12]
     report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet,
                    reference=ctx.inputs["pad"], cache_dir=ctx.project.data / "cache")

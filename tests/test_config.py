@@ -145,7 +145,8 @@ def test_every_default_passes_the_cross_rules():
 def test_readme_rows_say_what_is_allowed():
     rows = {key: help_text for key, _, _, help_text in section_doc("train")}
     assert rows["width"].endswith(". Allowed: a number in (0, 4]")
-    assert "Allowed: a number > 0; a multiple of train.tick_kimg" in rows["checkpoint_kimg"]
+    package = {key: help_text for key, _, _, help_text in section_doc("package")}
+    assert "0 or pad.size" in package["size"]
     assert "Allowed" not in rows["model"]  # a Literal's choices are its type, not a rule
     score = {key: help_text for key, _, _, help_text in section_doc("score")}
     assert "at most score.n when score.n > 0" in score["kid_subset_size"]
@@ -164,14 +165,8 @@ def test_cross_rules_blame_a_declared_key():
         ("package:\n  submit: true\n",
          ["'package.competition' is ''", "a competition name when package.submit is true",
           "package.submit is True"]),
-        ("train:\n  tick_kimg: 2\n  checkpoint_kimg: 5\n  snapshot_kimg: 4\n",
-         ["'train.checkpoint_kimg' is 5.0", "a multiple of train.tick_kimg",
-          "checkpoints happen only at ticks", "train.tick_kimg is 2.0"]),
-        ("train:\n  tick_kimg: 1\n  checkpoint_kimg: 0.5\n  snapshot_kimg: 1\n",
-         ["'train.checkpoint_kimg' is 0.5", "a multiple of train.tick_kimg"]),
-        ("train:\n  tick_kimg: 0.2\n  checkpoint_kimg: 0.6\n  snapshot_kimg: 0.5\n",
-         ["'train.snapshot_kimg' is 0.5", "sample grids happen only at ticks",
-          "train.tick_kimg is 0.2"]),
+        ("pad:\n  size: 64\npackage:\n  size: 128\n",
+         ["'package.size' is 128", "0 or pad.size", "pad.size is 64"]),
         ("score:\n  n: 40\n  kid_subset_size: 100\n",
          ["'score.kid_subset_size' is 100", "at most score.n when score.n > 0",
           "score.n is 40"]),
@@ -188,11 +183,9 @@ def test_cross_rules_name_file_both_keys_values_and_allowed(tmp_path, text, expe
 
 
 def test_cross_rules_accept_what_they_should(tmp_path):
-    # 0.6 / 0.2 is 2.9999999999999996 in floats: within 1e-9 of a whole number of ticks.
-    text = ("train:\n  tick_kimg: 0.2\n  checkpoint_kimg: 0.6\n  snapshot_kimg: 0.4\n"
-            "score:\n  n: 40\n  kid_subset_size: 40\n")
+    text = "pad:\n  size: 64\npackage:\n  size: 64\nscore:\n  n: 40\n  kid_subset_size: 40\n"
     params = load_params(write(tmp_path, text))
-    assert (params.train.checkpoint_kimg, params.score.kid_subset_size) == (0.6, 40)
+    assert (params.package.size, params.score.kid_subset_size) == (64, 40)
     # n = 0 scores every image, so no subset size is too large for it.
     params = load_params(tmp_path / "absent.yaml", ["score.n=0", "score.kid_subset_size=5000"])
     assert params.score.kid_subset_size == 5000
@@ -216,3 +209,20 @@ def test_loss_names_match_the_loss_registry():
     from pipeline.gan.losses import LOSSES
 
     assert set(get_args(LossName)) == set(LOSSES)
+
+
+@pytest.mark.parametrize("text, line, key", [
+    ("train:\n  seed: 1\npad:\n  size: 64\ntrain:\n  kimg: 5\n", 5, "train"),
+    ("train:\n  seed: 1\n  kimg: 5\n  seed: 2\n", 4, "seed"),
+])
+def test_a_key_given_twice_names_the_file_and_both_lines(tmp_path, text, line, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_params(path)
+    assert str(info.value).startswith(f"{path}:{line}: '{key}' appears twice (first on line")
+
+
+def test_a_params_file_the_user_named_must_exist(tmp_path):
+    with pytest.raises(ConfigError, match="no such params file"):
+        load_params(tmp_path / "typo.yaml", must_exist=True)
+    assert load_params(tmp_path / "params.yaml") == Params()  # the project's own: defaults

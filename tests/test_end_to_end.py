@@ -74,7 +74,7 @@ def summary(result: subprocess.CompletedProcess) -> dict[str, str]:
     for line in result.stdout.splitlines():
         name, _, rest = line.partition(": ")
         if name in ("fetch", "crop", "pad", "augment", "train", "generate", "package", "score"):
-            lines[name] = rest
+            lines.setdefault(name, rest)  # the stage's own line (package also says "published")
     return lines
 
 
@@ -114,8 +114,10 @@ def test_every_stage_left_its_outputs(project):
     assert (project / "data/train/generator/generator.pt").exists()
     assert len(list((project / "data/generated").glob("*.png"))) == 40
     logs = sorted((project / "data/logs").glob("*-package.log"))
-    assert logs and "package: submissions/images.zip" in logs[0].read_text()
-    for stage_dir in ("raw", "crop", "clean", "pack", "train", "generated"):
+    log = logs[0].read_text() if logs else ""
+    assert "package: images.zip: 40 PNGs" in log
+    assert "package: published submissions/images.zip" in log
+    for stage_dir in ("raw", "crop", "clean", "pack", "train", "generated", "package"):
         manifest = json.loads((project / "data" / stage_dir / "manifest.json").read_text())
         assert len(manifest["fingerprint"]) == 64
 
@@ -167,7 +169,7 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     lines = summary(cli(root, "run", "package"))
     assert lines["fetch"] == "cached" and lines["augment"] == "cached"
     assert "resumed at" in lines["train"]
-    assert lines["package"].startswith("submissions/images.zip: 40 PNGs")
+    assert lines["package"].startswith("images.zip: 40 PNGs")
 
 
 def test_make_targets_and_help(project):
@@ -181,6 +183,22 @@ def test_make_targets_and_help(project):
     assert "train: " in first.stdout and "train: cached" not in first.stdout  # SET reached it
     second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert "train: cached" in second.stdout and "package: cached" in second.stdout
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("train.seed=$5", "'train.seed' is '$5'"),
+    ("train.seed=1`touch${{IFS}}{marker}`", "'train.seed' is '1`touch${IFS}"),
+    ("train.seed=$(touch${{IFS}}{marker})", "'train.seed' is '$(touch${IFS}"),
+    ('train.seed="1', """--set 'train.seed="1': value is not valid YAML"""),
+])
+def test_make_passes_set_without_a_shell(project, tmp_path, value, shown):
+    """SET reaches the CLI as typed: nothing in it runs, `$5` does not vanish."""
+    marker = tmp_path / "ran"
+    command = ["make", "status", f"PARAMS={project / 'params.yaml'}", f"ARGS=--root {project}",
+               "SET=" + value.format(marker=marker)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and shown in result.stderr
+    assert not marker.exists()
 
 
 def test_config_errors_are_one_clear_sentence(project):

@@ -1,4 +1,5 @@
-"""The house in floors: each part of pipeline/ imports only what lies below it (README)."""
+"""The house in floors: each part of pipeline/ imports only what lies below it (README), in
+functions short enough to read."""
 
 from __future__ import annotations
 
@@ -59,3 +60,19 @@ def test_only_the_cli_knows_the_stages() -> None:
     knowing = [path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
                if "stages" in _imports(path)]
     assert knowing == ["cli.py"]
+
+
+def test_no_function_is_longer_than_two_screens() -> None:
+    """Functions in pipeline/ stay under 60 lines (a comment `# long: why` may excuse one)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                excused = "# long:" in lines[node.lineno - 2] if node.lineno > 1 else False
+                if length > 60 and not excused:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} "
+                                f"({length} lines)")
+    assert not long, "\n".join(long)

@@ -398,3 +398,43 @@ def test_new_families_train_by_name_and_resume_exactly(pack_dir: Path, tmp_path:
         scale = parse_schedule(cfg.lr_decay, "train.lr_decay").value(0.048)
         assert scale < 0.5 and a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(
             cfg.lr_g * scale)
+
+
+def test_a_torn_stats_line_is_dropped_and_the_run_resumes(pack_dir: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    half = dataclasses.replace(TINY, kimg=0.064)
+    train(half, pack_dir, tmp_path / "run", quiet=True)
+    stats = tmp_path / "run/stats.jsonl"
+    stats.write_text(stats.read_text() + '{"kimg": 0.09, "loss_d"')  # killed mid-append
+    report = train(TINY, pack_dir, tmp_path / "run", quiet=True)
+    assert report.resumed_from_kimg == pytest.approx(0.064)
+    assert "stats.jsonl:3 is not a whole JSON line; dropped" in capsys.readouterr().out
+    kimgs = [json.loads(line)["kimg"] for line in stats.read_text().splitlines()]
+    assert kimgs == [0.032, 0.064, 0.096, 0.128]
+
+
+def test_checkpoints_land_every_checkpoint_kimg_whatever_the_tick(pack_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    # Ticks every 0.048 kimg, checkpoints every 0.032: once they had to wait for a tick.
+    cfg = dataclasses.replace(TINY, kimg=0.128, tick_kimg=0.048, checkpoint_kimg=0.032,
+                              snapshot_kimg=0.032, keep_checkpoints=10)
+    train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    saved = [ckpt.read_meta(p)["images_seen"]
+             for p in ckpt.list_checkpoints(tmp_path / "run/checkpoints")]
+    assert saved == [32, 64, 96, 128]
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(pack_dir: Path,
+                                                                  tmp_path: Path,
+                                                                  capsys) -> None:
+    cfg = dataclasses.replace(TINY, checkpoint_kimg=0.032, keep_checkpoints=3)
+    train(cfg, pack_dir, tmp_path / "whole", quiet=True)
+    train(dataclasses.replace(cfg, kimg=0.064), pack_dir, tmp_path / "split", quiet=True)
+    newest = ckpt.latest_checkpoint(tmp_path / "split/checkpoints")
+    newest.write_bytes(newest.read_bytes()[:100])  # a bad sector, a disk error
+    report = train(cfg, pack_dir, tmp_path / "split", quiet=True)
+    assert report.resumed_from_kimg == pytest.approx(0.032)
+    assert f"checkpoint {newest.name} cannot be read" in capsys.readouterr().out
+    whole, split = _latest_state(tmp_path / "whole"), _latest_state(tmp_path / "split")
+    for key in ("G", "D", "opt_g", "opt_d"):
+        _assert_same_tensors(whole[key], split[key], key)

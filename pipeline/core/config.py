@@ -299,6 +299,12 @@ class TrainConfig:
         0.0, "path-length regularisation weight (StyleGAN2; 0 = off, ref 2)", check=at_least(0))
 
 
+# train keys that do not change what is trained, only how long, how often it is logged, saved or
+# scored, and on how many threads: changing them continues the same run folder.
+BOOKKEEPING_KEYS = ("kimg", "minutes", "eval_kimg", "eval_n", "checkpoint_kimg", "tick_kimg",
+                    "snapshot_kimg", "keep_checkpoints", "threads", "collapse_ratio")
+
+
 @dataclass(frozen=True)
 class GenerateConfig:
     count: int = knob(
@@ -323,6 +329,8 @@ class PackageConfig:
                         "a file name.zip"))
     size: int = knob(
         0, "required image side in the zip (0 = pad.size)", check=one_of(0, *SIDES))
+    keep_history: int = knob(
+        20, "published zips kept in submissions/history/ (0 = all)", check=at_least(0))
     submit: bool = knob(False, "submit the zip with the kaggle client after validating it")
     competition: str = knob("", "Kaggle competition to submit to when submit is true")
     message: str = knob("gan-pipeline submission", "submission message")
@@ -393,20 +401,13 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _is_multiple(value: float, step: float) -> bool:
-    """value is a whole number of steps, within 1e-9 of a step (float kimg like 0.6 / 0.2)."""
-    ratio = value / step
-    return round(ratio) >= 1 and abs(ratio - round(ratio)) <= 1e-9
-
-
 CROSS_RULES: tuple[CrossRule, ...] = (
     CrossRule(("package.competition", "package.submit"),
               "a competition name when package.submit is true",
               lambda competition, submit: bool(competition) or not submit),
-    CrossRule(("train.checkpoint_kimg", "train.tick_kimg"),
-              "a multiple of train.tick_kimg (checkpoints happen only at ticks)", _is_multiple),
-    CrossRule(("train.snapshot_kimg", "train.tick_kimg"),
-              "a multiple of train.tick_kimg (sample grids happen only at ticks)", _is_multiple),
+    CrossRule(("package.size", "pad.size"),
+              "0 or pad.size (the zip holds the images pad made; checked before training)",
+              lambda size, pad_size: size in (0, pad_size)),
     CrossRule(("score.kid_subset_size", "score.n"),
               "0 (auto) or at most score.n when score.n > 0 (KID subsets come from the scored "
               "images)",
@@ -543,14 +544,49 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load_params(path: Path, overrides: typing.Sequence[str] = ()) -> Params:
-    """Load params.yaml (missing sections take their defaults), then apply `--set` overrides."""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error.
+
+    Plain YAML keeps the last one silently: a second `train:` would replace the whole section.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}:{line}: '{key}' appears twice (first on line "
+                                  f"{seen[key]}); merge the two into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely, refusing duplicate keys; errors name the file (and line)."""
+    loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    finally:
+        loader.dispose()
+
+
+def load_params(path: Path, overrides: typing.Sequence[str] = (),
+                must_exist: bool = False) -> Params:
+    """Load params.yaml (missing sections take their defaults), then apply `--set` overrides.
+
+    `must_exist`: a file the user named (--params, PARAMS=) must be there; only the project's
+    own params.yaml may be absent (all defaults).
+    """
     raw: dict[str, Any] = {}
+    if must_exist and not path.is_file():
+        raise ConfigError(f"{path}: no such params file (check --params / PARAMS=); nothing "
+                          "was run")
     if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     for section, body in raw.items():

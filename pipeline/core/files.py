@@ -15,9 +15,9 @@ import multiprocessing
 import os
 import secrets
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 HASH_CHUNK = 1 << 20  # bytes per read while hashing (1 MiB): archives can be gigabytes
 TMP_SUFFIX = ".tmp"  # default ending of temporary siblings
@@ -204,3 +204,39 @@ def process_pool_context() -> multiprocessing.context.BaseContext:
     model, so forked workers stay small. macOS and Windows keep spawn (fork is unsafe there).
     """
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# CSV cells a spreadsheet will not execute
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")  # "'" too, so unescaping is exact
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A cell a spreadsheet shows as text: a leading ', if the text starts like a formula.
+
+    A file named `=HYPERLINK(...).png` would otherwise run as a formula when a contestant opens
+    decisions.csv. Reversible with `from_spreadsheet_safe` (the pipeline reads its CSVs back).
+    """
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def from_spreadsheet_safe(text: str) -> str:
+    """The text `spreadsheet_safe` was given."""
+    return text[1:] if text.startswith("'") else text
+
+
+def csv_safe_frame(frame: Any, columns: Sequence[str]) -> Any:
+    """A copy of a pandas frame with `columns` made spreadsheet-safe (strings only)."""
+    frame = frame.copy()
+    for column in columns:
+        frame[column] = [spreadsheet_safe(v) if isinstance(v, str) else v for v in frame[column]]
+    return frame
+
+
+def csv_unsafe_frame(frame: Any, columns: Sequence[str]) -> Any:
+    """The inverse of `csv_safe_frame`, for a frame read back with pandas."""
+    for column in columns:
+        frame[column] = [from_spreadsheet_safe(v) if isinstance(v, str) else v
+                         for v in frame[column]]
+    return frame

@@ -74,6 +74,7 @@ class StageContext:
     upstream_fingerprints: dict[str, str]
     code_hash: str
     quiet: bool = False
+    owned: tuple[Path, ...] = ()  # every folder the pipeline replaces or prunes (stage outputs)
 
     def run_key(self, section: Any, exclude: Sequence[str]) -> str:
         """A fingerprint that ignores some keys, so e.g. raising train.kimg continues a run."""
@@ -96,6 +97,10 @@ class Stage:
     extra_fingerprint: Callable[[Params, Project], str] | None = None
     # Keys of other sections the stage reads ("pad.max_pixels"): part of its fingerprint too.
     reads: tuple[str, ...] = ()
+    # Copies results out of the stage's own folder into a user folder (package -> submissions/),
+    # called after the output is in place and again on a cached run; must be idempotent, and
+    # must never delete what it did not write.
+    publish: Callable[[Path, Params, Project], str] | None = None
 
 
 def _hash(parts: Sequence[str]) -> str:
@@ -294,8 +299,18 @@ class Graph:
         for name in self.needed(targets):
             if name not in force and self.state(name)[0] == "cached":
                 print(f"{name}: cached", flush=True)
-                continue
-            self._run_one(name, quiet)
+            else:
+                self._run_one(name, quiet)
+            self._publish(name)
+
+    def _publish(self, name: str) -> None:
+        """The stage's publish step (rank 0), on a fresh or a cached output alike."""
+        stage = self.stages[name]
+        if stage.publish is None or int(os.environ.get("RANK", "0")) != 0:
+            return
+        note = stage.publish(self.output_dir(name), self.params, self.project)
+        if note:
+            print(f"{name}: {note}", flush=True)
 
     def _run_one(self, name: str, quiet: bool) -> None:
         if int(os.environ.get("RANK", "0")) != 0:
@@ -341,6 +356,7 @@ class Graph:
             fingerprint=self.fingerprint(name),
             upstream_fingerprints={u: self.fingerprint(u) for u in stage.upstream},
             code_hash=self.code(name), quiet=quiet,
+            owned=tuple(self.output_dir(n) for n in self.order) + (self.project.data / "runs",),
         )
 
     def _run_secondary_rank(self, name: str, quiet: bool) -> None:

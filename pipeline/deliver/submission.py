@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,13 @@ from tqdm import tqdm
 
 from pipeline.core import kaggle
 from pipeline.core.errors import UserError
-from pipeline.core.files import atomic_save, process_pool_context, resolve_workers, sha256_file
+from pipeline.core.files import (
+    atomic_save,
+    atomic_write_text,
+    process_pool_context,
+    resolve_workers,
+    sha256_file,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # the earliest zip time: entries carry no build time
@@ -210,3 +217,29 @@ def submit_to_kaggle(zip_path: Path, competition: str, message: str) -> str:
     if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"the upload of {zip_path} to Kaggle did not complete; try again")
     return text
+
+
+# ----------------------------------------------------------------------------------------------
+# What was sent, so a rerun never submits the same zip twice
+
+SUBMITTED_JSON = "submitted.json"  # data/submitted.json: competition -> zip sha256s sent
+
+
+def _read_submitted(record: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def already_submitted(record: Path, competition: str, sha256: str) -> bool:
+    """True when this exact zip (by content) was sent to `competition` before."""
+    return sha256 in _read_submitted(record).get(competition, [])
+
+
+def remember_submission(record: Path, competition: str, sha256: str) -> None:
+    """Add the zip to the record (atomically), after Kaggle accepted it."""
+    sent = _read_submitted(record)
+    sent.setdefault(competition, []).append(sha256)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(sent, indent=2, sort_keys=True))

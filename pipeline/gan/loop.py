@@ -212,8 +212,10 @@ def _train(run: Run) -> TrainReport:
             kimg_before = state.images_seen
             train_step(run, state, G, D_pair, reader, log)
             done = state.images_seen >= run.target_images or _out_of_time(run, log)
+            # Upkeep at every tick, and exactly where a checkpoint, grid or evaluation is due.
+            intervals = (cfg.tick_kimg, cfg.checkpoint_kimg, cfg.snapshot_kimg, cfg.eval_kimg)
             if done or any(_crossed(kimg_before, state.images_seen, every)
-                           for every in (cfg.tick_kimg, cfg.eval_kimg) if every > 0):
+                           for every in intervals if every > 0):
                 tick_upkeep(run, state, reader, log, kimg_before, done)
             if log.out_of_time:
                 break
@@ -545,5 +547,7 @@ def _divergence_message(kimg: float, stats: dict[str, float], last: Path | None)
     return (
         f"training diverged at kimg {kimg:.1f} (loss_d={stats['loss_d']:.4g}, "
         f"loss_g={stats['loss_g']:.4g}); lower lr_d/lr_g (e.g. halve them), use real_label < 1, "
-        f"or try another loss; {where} (rerunning with other settings resumes from it)"
+        f"or try another loss; {where}. Changing lr, loss or another training setting starts "
+        f"a new run folder from scratch; only bookkeeping knobs (kimg, minutes, intervals) "
+        f"continue this one"
     )

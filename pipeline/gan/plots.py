@@ -57,11 +57,22 @@ def save_grid(images: np.ndarray | torch.Tensor, path: Path, cols: int | None = 
 
 
 def read_stats(path: Path) -> list[dict[str, Any]]:
-    """The rows of a stats.jsonl file (one JSON object per line; blank lines skipped)."""
+    """The rows of a stats.jsonl file (one JSON object per line; blank lines skipped).
+
+    A torn line (the run was killed while appending it) is dropped with a warning, so it can
+    never block a resume; the resume then rewrites the file without it.
+    """
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a power loss or a full disk
+            print(f"warning: {path}:{number} is not a whole JSON line; dropped", flush=True)
+    return rows
 
 
 def plot_losses(rows: Sequence[dict[str, Any]], path: Path) -> Path:

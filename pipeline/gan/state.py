@@ -124,7 +124,7 @@ class TrainState:
 
         Rank 0 picks the checkpoint so that every rank loads the same one.
         """
-        path = broadcast_object(ckpt.latest_checkpoint(ckpt_dir), dist)
+        path = broadcast_object(_newest_readable(ckpt_dir) if dist.is_main else None, dist)
         if path is None:
             return None
         meta = ckpt.read_meta(path)
@@ -160,6 +160,22 @@ class TrainState:
         for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
             for group in opt.param_groups:
                 group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
+
+
+def _newest_readable(ckpt_dir: Path) -> Path | None:
+    """The newest checkpoint whose tensors load; a damaged one is skipped with a warning.
+
+    A checkpoint is written .pt first and sidecar last, so a kill cannot list a half one; a
+    disk error or a bad sector still can. Falling back loses a few kimg, never the run.
+    """
+    for path in reversed(ckpt.list_checkpoints(ckpt_dir)):
+        try:
+            ckpt.load_checkpoint(path, "cpu")
+            return path
+        except Exception as error:  # torch raises several types for a damaged file
+            print(f"warning: checkpoint {path.name} cannot be read ({type(error).__name__}); "
+                  "resuming from the one before it", flush=True)
+    return None
 
 
 def _spec_mismatch(meta: dict[str, Any], spec: ModelSpec) -> str:

@@ -43,6 +43,7 @@ LINK = "link (not extracted)"
 SPECIAL = "special file (device or fifo)"
 DUPLICATE = "duplicate entry"
 BEYOND_LIMIT = "beyond limit"
+NOT_UTF8 = "file name is not valid UTF-8"
 
 # An entry filter: given the entry's clean relative path, '' keeps it, else the reason to skip.
 MemberFilter = Callable[[str], str]
@@ -93,8 +94,25 @@ def count_reasons(records: tuple[FileRecord, ...] | list[FileRecord]) -> dict[st
 # Path checks (pure functions, shared with the dir: source)
 
 
+def is_utf8(name: str) -> bool:
+    """False for a name holding undecodable bytes (Python keeps them as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_name(name: str) -> str:
+    """A name safe to write in a CSV or a log: undecodable bytes shown as \\xNN escapes."""
+    return name if is_utf8(name) else name.encode("utf-8", "surrogateescape").decode(
+        "utf-8", "backslashreplace")
+
+
 def ignore_reason(rel_path: str) -> str:
     """Why a safe relative path is not an image to keep ('' if it is one)."""
+    if not is_utf8(rel_path):  # bytes no encoding can name: listed (escaped), never copied
+        return NOT_UTF8
     parts = rel_path.split("/")
     # macOS zips carry resource forks under __MACOSX/ (named like the images: never keep them).
     if "__MACOSX" in parts:

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.core.files import csv_safe_frame, csv_unsafe_frame
+
 KEPT = "kept"
 REJECTED = "rejected"
 COLUMNS = ["file", "stage", "decision", "reason", "box", "score", "output"]
+NAME_COLUMNS = ["file", "reason", "output"]  # may start with = + - @: escaped in the CSV
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,13 @@ def rejected(file: str, stage: str, reason: str, box: str = "",
 def write_decisions(rows: list[Decision], path: Path) -> None:
     """Write the rows as CSV (UTF-8, so Vietnamese file names survive)."""
     frame = pd.DataFrame([asdict(r) for r in rows], columns=COLUMNS)
-    frame.to_csv(path, index=False, encoding="utf-8")
+    csv_safe_frame(frame, NAME_COLUMNS).to_csv(path, index=False, encoding="utf-8")
 
 
 def read_decisions(path: Path) -> pd.DataFrame:
-    return pd.read_csv(path, encoding="utf-8", keep_default_na=False)
+    """The rows of a decisions CSV, names as they were (spreadsheet escapes undone)."""
+    frame = pd.read_csv(path, encoding="utf-8", keep_default_na=False)
+    return csv_unsafe_frame(frame, NAME_COLUMNS)
 
 
 def count_by_reason(rows: list[Decision]) -> dict[str, int]:

@@ -8,6 +8,7 @@ or 1 (grey), plus `pack.json` describing it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,11 +28,26 @@ class PackInfo:
 
 
 def create(folder: Path, count: int, size: int, channels: int) -> np.memmap:
-    """Open a new pack array for writing, (count, size, size, channels) uint8."""
+    """Open a new pack array for writing, (count, size, size, channels) uint8.
+
+    The file's blocks are reserved up front: a memory map over a sparse file on a full disk
+    dies with SIGBUS at the first page it cannot back; reserving turns that into an OSError
+    (ENOSPC, exit code 28 through the CLI) before anything is written.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(
+    images = np.lib.format.open_memmap(
         folder / IMAGES, mode="w+", dtype=np.uint8, shape=(count, size, size, channels)
     )
+    _reserve(folder / IMAGES)
+    return images
+
+
+def _reserve(path: Path) -> None:
+    """Allocate every block of `path` (posix_fallocate where the OS has it)."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no sparse-map risk to guard against here
+        return
+    with path.open("r+b") as handle:
+        os.posix_fallocate(handle.fileno(), 0, path.stat().st_size)
 
 
 def write_info(folder: Path, info: PackInfo) -> None:

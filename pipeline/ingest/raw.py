@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.ingest.archive import sha256_file
+from pipeline.core.files import csv_unsafe_frame
+from pipeline.ingest.archive import ignore_reason, sha256_file
 
 
 def list_fetched_images(raw_dir: Path) -> list[Path]:
     """The image files fetch kept, sorted by relative path (files.csv kind == image)."""
     table = pd.read_csv(raw_dir / "files.csv", encoding="utf-8", keep_default_na=False)
+    table = csv_unsafe_frame(table, ["path"])  # names as they were (spreadsheet escapes undone)
     paths = sorted(table.loc[table["kind"] == "image", "path"].astype(str))
     return [raw_dir / "files" / p for p in paths]
 
@@ -37,7 +39,10 @@ def source_fingerprint(source: str, project_root: Path) -> str:
     if kind == "dir" and path.is_dir():
         # The pipeline's own outputs may sit inside a `dir:.` source: fetch skips them, so must we.
         own = (project_root / "data").resolve(), (project_root / "submissions").resolve()
+        # Image files only, as fetch copies them: a .DS_Store, a git commit or a .venv inside
+        # the folder changes nothing that is fetched, so it must not refetch (and retrain).
         files = (p for p in path.rglob("*") if p.is_file()
+                 and not ignore_reason(p.relative_to(path).as_posix())
                  and not any(p.resolve().is_relative_to(folder) for folder in own))
         for file in sorted(files):
             digest.update(f"{file.relative_to(path).as_posix()}\0{file.stat().st_size}\n".encode())

@@ -26,15 +26,18 @@ from tqdm import tqdm
 
 from pipeline.core import kaggle
 from pipeline.core.errors import UserError
+from pipeline.core.files import csv_safe_frame
 from pipeline.ingest.archive import (
     BEYOND_LIMIT,
     IGNORED,
     IMAGE,
+    NOT_UTF8,
     SPECIAL,
     FileRecord,
     copy_hashed,
     count_reasons,
     ignore_reason,
+    printable_name,
     safe_extract,
     sha256_file,
 )
@@ -298,6 +301,7 @@ def _scan_dir(root: Path, skip: set[str]) -> list[tuple[str, Path, str]]:
             full = here / name
             rel = full.relative_to(root).as_posix()
             reason = ignore_reason(rel)
+            rel = rel if reason != NOT_UTF8 else printable_name(rel)
             if not reason and not full.exists():
                 reason = "broken link"
             elif not reason and not full.is_file():
@@ -382,9 +386,9 @@ def _fetch_any(src: Source, out_dir: Path, downloads_dir: Path, limit: int, quie
 def write_files_csv(records: list[FileRecord], path: Path) -> None:
     """files.csv: one row per file met, sorted by path (UTF-8 keeps Vietnamese names)."""
     frame = pd.DataFrame([asdict(r) for r in records], columns=CSV_COLUMNS)
+    frame = csv_safe_frame(frame.sort_values("path", kind="stable"), ["path", "reason"])
     # errors="replace": a name that is not valid UTF-8 must not cost the whole record.
-    frame.sort_values("path", kind="stable").to_csv(path, index=False, encoding="utf-8",
-                                                    errors="replace")
+    frame.to_csv(path, index=False, encoding="utf-8", errors="replace")
 
 
 def fetch(source: str, out_dir: Path, downloads_dir: Path, limit: int = 0, quiet: bool = False,
