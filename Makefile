@@ -15,14 +15,14 @@ GPUS ?= 1
 NODES ?= 1
 ARGS ?=
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+STAGES := fetch crop pad augment generate package score
+
 # SET and ARGS reach the CLI through the environment, exactly as typed: make's $(value ...) does
 # not expand them and no shell parses them (a quote, a backtick or $5 in a value stays itself).
 PIPELINE_TARGETS := all fid $(STAGES) train status report
 $(PIPELINE_TARGETS): export PIPELINE_SET = $(value SET)
 $(PIPELINE_TARGETS): export PIPELINE_ARGS = $(value ARGS)
 RUN = $(PY) -m pipeline run --params $(PARAMS)
-
-STAGES := fetch crop pad augment generate package score
 
 .DEFAULT_GOAL := help
 .PHONY: help all fid test test-fast $(STAGES) train status ingest-report params readme bench report \
