@@ -124,7 +124,8 @@ class TrainState:
 
         Rank 0 picks the checkpoint so that every rank loads the same one.
         """
-        path = broadcast_object(_newest_readable(ckpt_dir) if dist.is_main else None, dist)
+        path, tensors = _newest_readable(ckpt_dir) if dist.is_main else (None, None)
+        path = broadcast_object(path, dist)
         if path is None:
             return None
         meta = ckpt.read_meta(path)
@@ -133,7 +134,10 @@ class TrainState:
             raise UserError(f"{path} holds different networks ({mismatch}); change them back "
                             f"or delete {ckpt_dir.parent} to start over")
         device = self.pl_mean.device
-        tensors = ckpt.load_checkpoint(path, device)
+        if tensors is None:  # rank > 0: rank 0 checked it; read it here
+            tensors = ckpt.load_checkpoint(path, device)
+        else:  # rank 0 read it once, on the CPU, while looking for a readable one
+            tensors = _to_device(tensors, device)
         self._load_tensors(tensors, cfg)
         # Loop state: data order, augmentation strength, counters, stats for the report.
         self.sampler.load_state_dict(meta["sampler"])
@@ -162,20 +166,31 @@ class TrainState:
                 group["lr"], group["betas"] = lr, (cfg.beta1, cfg.beta2)
 
 
-def _newest_readable(ckpt_dir: Path) -> Path | None:
-    """The newest checkpoint whose tensors load; a damaged one is skipped with a warning.
+def _newest_readable(ckpt_dir: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    """The newest checkpoint whose tensors load, with them (on the CPU); a damaged one is
+    skipped with a warning.
 
     A checkpoint is written .pt first and sidecar last, so a kill cannot list a half one; a
     disk error or a bad sector still can. Falling back loses a few kimg, never the run.
     """
     for path in reversed(ckpt.list_checkpoints(ckpt_dir)):
         try:
-            ckpt.load_checkpoint(path, "cpu")
-            return path
+            return path, ckpt.load_checkpoint(path, "cpu")
         except Exception as error:  # torch raises several types for a damaged file
             print(f"warning: checkpoint {path.name} cannot be read ({type(error).__name__}); "
                   "resuming from the one before it", flush=True)
-    return None
+    return None, None
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Tensors of a nested checkpoint structure moved to `device` (what map_location does)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(item, device) for item in value)
+    return value
 
 
 def _spec_mismatch(meta: dict[str, Any], spec: ModelSpec) -> str:
