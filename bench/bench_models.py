@@ -77,6 +77,7 @@ DATA_STAGES = ("raw", "crop", "clean", "pack", "cache")  # folders shared by eve
 def common_settings(args: argparse.Namespace) -> list[str]:
     """What every entry shares: data, budget, sample sizes."""
     return [f"fetch.limit={args.limit}", f"pad.size={args.size}", f"train.minutes={args.minutes}",
+            f"augment.size={args.train_size}",
             "train.kimg=100000", "train.tick_kimg=1", "train.checkpoint_kimg=4",
             "train.snapshot_kimg=4", f"train.eval_n={min(args.eval_n, args.n)}",
             f"generate.count={args.n}", f"score.n={args.n}", "generate.snapshot=best"]
@@ -112,9 +113,10 @@ def entry_project(base: Path, project: Path) -> None:
 
 def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
     """Train, generate and score one entry; return its row."""
-    project = base.parent / name
+    project = base.parent / (name + "".join(f"_{s}" for s in args.set)
+                             + (f"_at{args.train_size}" if args.train_size else ""))
     entry_project(base, project)
-    settings = common_settings(args) + RECIPES[name]
+    settings = common_settings(args) + RECIPES[name] + args.set
     start = time.perf_counter()
     pipeline("train", project, settings)
     train_seconds = time.perf_counter() - start
@@ -125,8 +127,8 @@ def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
     evals = [json.loads(line) for line in (project / "data/train/eval.jsonl").read_text()
              .splitlines()] if (project / "data/train/eval.jsonl").exists() else []
     save_samples(project, args.out / f"tournament-{args.size}px-{name}.png")
-    return {"size": args.size, "minutes": args.minutes, "n": args.n, "entry": name,
-            "recipe": RECIPES[name], "kimg": train["counts"]["kimg"],
+    return {"size": args.size, "train_size": args.train_size, "minutes": args.minutes,
+            "n": args.n, "entry": name, "recipe": RECIPES[name], "extra": args.set, "kimg": train["counts"]["kimg"],
             "img_per_s": train["counts"]["img_per_s"], "train_wall_s": round(train_seconds),
             "fid": score["fid"], "kid": score["kid_mean"], "precision": score["precision"],
             "recall": score["recall"], "generator": generated["counts"].get("generator"),
@@ -156,9 +158,15 @@ def main() -> None:
     parser.add_argument("--eval-n", type=int, default=500, help="samples per snapshot score")
     parser.add_argument("--limit", type=int, default=0, help="emoji used (0 = all)")
     parser.add_argument("--only", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--train-size", type=int, default=0,
+                        help="augment.size: train at this side, deliver --size (0 = --size)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra setting for every entry (a tuning trial); recorded")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/out/models")
     args = parser.parse_args()
 
+    # The entry's data stages (pack included) are shared per delivery size; augment.size
+    # only rebuilds the pack inside an entry's project, a few seconds.
     base = args.out / f"{args.size}px" / "base"
     results = args.out / "results.jsonl"
     done = [json.loads(line) for line in results.read_text().splitlines()] if (
@@ -166,8 +174,9 @@ def main() -> None:
     prepare_base(base, args)
     rows = []
     for name in args.only:
-        same = [r for r in done if (r["size"], r["minutes"], r["n"], r["entry"], r["recipe"]) ==
-                (args.size, args.minutes, args.n, name, RECIPES[name])]
+        key = (args.size, args.train_size, args.minutes, args.n, name, RECIPES[name], args.set)
+        same = [r for r in done if (r["size"], r.get("train_size", 0), r["minutes"], r["n"],
+                                    r["entry"], r["recipe"], r.get("extra", [])) == key]
         if same:
             rows.append(same[-1])
             print(f"{name}: already measured, skipped", flush=True)

@@ -1,6 +1,7 @@
 """augment: flips (and optional small rotations) into a memory-mapped training pack.
 
     make augment SET="augment.rotations=[-5,5]"
+    make all SET="augment.size=64"        # train at 64 px; generate upsamples to pad.size
 
 Writes data/pack/images.npy (N, size, size, C) uint8 and pack.json, which records the
 transforms used so an FID change can be traced to them.
@@ -20,9 +21,10 @@ def run(ctx: StageContext) -> StageResult:
               "generator can learn (a 'leaking' augmentation); keep angles small", flush=True)
     files = sorted(ctx.inputs["pad"].glob("*.png"))
     info = build_pack(files, ctx.out_dir, pad.size, cfg.hflip, cfg.rotations, cfg.grey,
-                      pad.background, ctx.quiet)
+                      pad.background, ctx.quiet, cfg.size)
+    side = f" at {info.size} px" if info.output_size else ""
     return StageResult(
-        f"{info.count:,} training images from {info.sources:,} ({', '.join(info.transforms)})",
+        f"{info.count:,} training images{side} from {info.sources:,} ({', '.join(info.transforms)})",
         {"images": info.count, "sources": info.sources},
     )
 

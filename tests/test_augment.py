@@ -58,3 +58,27 @@ def test_grey_rotations_take_the_grey_background(tmp_path: Path) -> None:
 def test_the_stage_fingerprint_covers_the_background() -> None:
     # Changing pad.background must rebuild the pack (rotated corners depend on it).
     assert "pad.background" in STAGE.reads and "pad.size" in STAGE.reads
+
+
+def test_a_smaller_training_side_averages_pixel_areas(tmp_path: Path) -> None:
+    """augment.size below pad.size: each training pixel is the mean of the 2x2 block it covers,
+    and the pack records the side the delivered images keep."""
+    (tmp_path / "clean").mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "clean/0.png")
+    info = build_pack([tmp_path / "clean/0.png"], tmp_path / "pack", 8, hflip=True, rotations=(),
+                      grey=False, background=BLUE, quiet=True, train_size=4)
+    images, stored = open_pack(tmp_path / "pack")
+    assert images.shape == (2, 4, 4, 3) and stored == info
+    assert (info.size, info.output_size) == (4, 8)
+    blocks = pixels.reshape(4, 2, 4, 2, 3).astype(float).mean(axis=(1, 3))  # (4, 4, 3)
+    # PIL works in fixed point: within one level of the exact mean
+    assert np.abs(images[0].astype(float) - blocks).max() <= 1.0
+    assert np.array_equal(images[1], images[0][:, ::-1])  # the flip of the downscaled image
+
+
+def test_the_full_side_records_no_output_size(tmp_path: Path) -> None:
+    files = _clean_folder(tmp_path / "clean", 1, 8)
+    info = build_pack(files, tmp_path / "pack", 8, hflip=False, rotations=(), grey=False,
+                      background=BLUE, quiet=True, train_size=8)
+    assert (info.size, info.output_size) == (8, 0)

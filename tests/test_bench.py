@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
     ("bench_generate.py", ["--n", "24", "--width", "0.125", "--batch-size", "8"]),
     ("bench_pad.py", ["--n", "8"]),
     ("bench_models.py", ["--minutes", "0.02", "--n", "24", "--eval-n", "10", "--limit", "40",
-                         "--size", "32", "--only", "dcgan-ralsgan", "fastgan"]),
+                         "--size", "64", "--train-size", "32", "--set", "train.seed=1",
+                         "--only", "dcgan-ralsgan", "fastgan"]),
 ])
 def test_benchmark_runs_at_toy_size(script, args, tmp_path):
     extra = ["--out", str(tmp_path / "out")] if script in ("bench_generate.py",

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,6 +150,27 @@ def test_rerun_sets(project):
         "pad", "augment", "train", "generate", "package"]
     status = cli(project, "status", "--set", "train.seed=1").stdout
     assert "pad.size 64 -> 32" in status
+
+
+def test_training_below_the_delivery_size(project):
+    """augment.size 32 under pad.size 64: the pack and G are 32 px, the PNGs 64 px, and only
+    augment and what follows it rerun."""
+    cli(project, "run", "package", "--set", "train.seed=1", "--set", "pad.size=64")
+    lines = summary(cli(project, "run", "package", "--set", "train.seed=1", "--set", "pad.size=64",
+                        "--set", "augment.size=32"))
+    assert [n for n, v in lines.items() if v != "cached"] == [
+        "augment", "train", "generate", "package"]
+    assert "at 32 px" in lines["augment"]
+    assert json.loads((project / "data/pack/pack.json").read_text())["size"] == 32
+    spec = json.loads((project / "data/train/generator/generator.json").read_text())
+    assert (spec["size"], spec["output_size"]) == (32, 64)
+    with zipfile.ZipFile(project / "submissions/images.zip") as archive:
+        first = sorted(archive.namelist())[0]
+        with archive.open(first) as handle:
+            assert Image.open(handle).size == (64, 64)
+    bad = cli(project, "run", "augment", "--set", "augment.size=128", "--set", "pad.size=64",
+              check=False)
+    assert bad.returncode != 0 and "augment.size" in bad.stderr and "pad.size" in bad.stderr
 
 
 def test_killed_run_resumes_and_finishes(tmp_path):

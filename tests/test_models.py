@@ -138,6 +138,28 @@ def test_save_load_round_trip(name: str, tmp_path: Path) -> None:
         assert torch.equal(generator(z), loaded(z))
 
 
+def test_a_generator_trained_below_the_delivery_size_is_loaded_upsampled(tmp_path: Path) -> None:
+    """spec.output_size 64 on a 32 px generator: loading gives 64 px images, the bicubic
+    upsample of the 32 px ones clamped to [-1, 1]; the saved weights are the 32 px G's alone."""
+    torch.manual_seed(2)
+    spec = _spec("fastgan", 32, output_size=64)
+    generator = build_generator(spec).eval()
+    save_generator(generator, spec, tmp_path)
+    loaded, loaded_spec = load_generator(tmp_path, "cpu")
+    assert loaded_spec.delivered_size == 64 and loaded_spec.size == 32
+    z = torch.randn(4, spec.nz)
+    with torch.no_grad():
+        small, big = generator(z), loaded(z)
+    assert small.shape == (4, 3, 32, 32) and big.shape == (4, 3, 64, 64)
+    expected = torch.nn.functional.interpolate(small, size=(64, 64), mode="bicubic").clamp(-1, 1)
+    assert torch.allclose(big, expected, atol=1e-6)
+    assert big.min() >= -1 and big.max() <= 1
+    # The upsampled image keeps the small one: downscaling it by 2x2 means comes back close.
+    assert (torch.nn.functional.avg_pool2d(big, 2) - small).abs().mean() < 0.02
+    with pytest.raises(UserError, match="output_size 16 is below size 32"):
+        _spec("dcgan", 32, output_size=16)
+
+
 def test_load_errors_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="train"):
         load_generator(tmp_path)
@@ -155,6 +177,8 @@ def test_spec_from_config_uses_train_section() -> None:
     spec = spec_from_config(config, size=64, channels=3)
     assert (spec.name, spec.size, spec.channels, spec.nz, spec.width) == ("dcgan", 64, 3, 64, 0.5)
     assert spec.channel_base == config.channel_base
+    assert spec_from_config(config, 64, 3, output_size=64).output_size == 0  # same side: none
+    assert spec_from_config(config, 64, 3, output_size=128).delivered_size == 128
 
 
 # ----------------------------------------------------------------------------------------------

@@ -189,6 +189,10 @@ class AugmentConfig:
                         "degrees in [-45, 45]"),
     )
     grey: bool = knob(False, "store one grey channel instead of RGB (MNIST teaching mode)")
+    size: int = knob(
+        0, "side of the training images (0 = pad.size); half the side is about a quarter of "
+        "the training compute, and generate upsamples G's images back to pad.size",
+        check=one_of(0, *SIDES))
 
 
 @dataclass(frozen=True)
@@ -408,6 +412,9 @@ CROSS_RULES: tuple[CrossRule, ...] = (
     CrossRule(("package.size", "pad.size"),
               "0 or pad.size (the zip holds the images pad made; checked before training)",
               lambda size, pad_size: size in (0, pad_size)),
+    CrossRule(("augment.size", "pad.size"),
+              "0 or at most pad.size (train below the delivery size, never above it)",
+              lambda size, pad_size: size <= pad_size),
     CrossRule(("score.kid_subset_size", "score.n"),
               "0 (auto) or at most score.n when score.n > 0 (KID subsets come from the scored "
               "images)",

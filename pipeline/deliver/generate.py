@@ -214,7 +214,7 @@ def generate_images(
         # Resume: only images without a complete file of the right size and mode are made.
         _remove_stale_parts(out_dir, mine)
         todo = [i for i in mine if not png_is_complete(out_dir / image_name(i, count),
-                                                         spec.size, spec.channels)]
+                                                         spec.delivered_size, spec.channels)]
         written = _run_batches(generator, spec.nz, torch_device, todo, count, out_dir,
                                batch_size, truncation, pool, workers, quiet)
     return GenerateReport(len(mine), written, len(mine) - len(todo),

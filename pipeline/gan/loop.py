@@ -58,7 +58,8 @@ from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.data import BatchReader, fits_on_device, to_device_batch
 from pipeline.gan.diffaug import parse_policy
 from pipeline.gan.losses import GANLoss, get_loss, lazy_weight, path_length_penalty
-from pipeline.gan.models import ModelFamily, ModelSpec, get_model, save_generator, spec_from_config
+from pipeline.gan.models import (ModelFamily, ModelSpec, delivered, get_model, save_generator,
+                                 spec_from_config)
 from pipeline.gan.plots import plot_losses, read_stats, save_grid
 from pipeline.gan.precision import Precision, configure_backends, resolve_precision
 from pipeline.gan.state import TrainState
@@ -250,7 +251,7 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     images, info = open_pack(pack_dir)  # (N, H, W, C) uint8, memory-mapped
     if info.count < 1:
         raise UserError(f"the training pack {pack_dir} is empty; check the augment stage")
-    spec = spec_from_config(cfg, info.size, info.channels)
+    spec = spec_from_config(cfg, info.size, info.channels, info.output_size)
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
     schedules = {name: parse_schedule(getattr(cfg, key), f"train.{key}") for name, key in
@@ -490,7 +491,7 @@ def _evaluate(run: Run, state: TrainState, log: TickLog) -> None:
     training trajectory unchanged (a resumed run equals a straight one).
     """
     assert run.scorer is not None
-    score = run.scorer.score(state.export_net)
+    score = run.scorer.score(delivered(state.export_net, run.spec))  # as generate draws
     kimg = _kimg(state.images_seen)
     save_generator(state.export_net, run.spec, ckpt.snapshot_dir(run.run_dir, kimg))
     is_best = not state.best or score.kid < state.best["kid"]

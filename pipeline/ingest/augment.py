@@ -62,20 +62,27 @@ def apply_transform(image: np.ndarray, name: str,
     raise ValueError(f"unknown transform {name!r}")
 
 
-def read_clean_image(path: Path, size: int, grey: bool) -> np.ndarray:
-    """A clean PNG as (size, size, 1 or 3) uint8."""
+def read_clean_image(path: Path, size: int, grey: bool, train_size: int = 0) -> np.ndarray:
+    """A clean PNG (size x size) as (train_size, train_size, 1 or 3) uint8 (0 = size).
+
+    Downscaling averages whole pixel areas (PIL's box filter): the training image is what a
+    camera of the lower resolution would record, with no aliasing and no sharpening ring.
+    """
     with Image.open(path) as im:
         im = im.convert("L" if grey else "RGB")
         if im.size != (size, size):
             raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
+        if train_size and train_size != size:
+            im = im.resize((train_size, train_size), Image.Resampling.BOX)
         array = np.asarray(im, dtype=np.uint8)
     return array[:, :, None] if grey else array
 
 
 def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
                rotations: tuple[float, ...], grey: bool, background: tuple[int, int, int],
-               quiet: bool = False) -> PackInfo:
-    """Write every image and its transformed copies into a memory-mapped uint8 pack.
+               quiet: bool = False, train_size: int = 0) -> PackInfo:
+    """Write every image (size x size) and its transformed copies into a memory-mapped uint8
+    pack, downscaled to train_size when that is set and smaller.
 
     Rotated copies fill their corners with `background` (pad.background, RGB 0..255).
     Streams: one source image in memory at a time, the pack itself lives on disk.
@@ -83,14 +90,16 @@ def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
     names = transform_names(hflip, rotations)
     fill = fill_value(background, grey)
     channels = 1 if grey else 3
-    images = pack.create(out_dir, len(files) * len(names), size, channels)
+    side = train_size or size
+    images = pack.create(out_dir, len(files) * len(names), side, channels)
     # Layout: all identities first, then all flips, ... so a prefix is a plain dataset.
     for index, path in enumerate(tqdm(files, desc="augment", unit="img", disable=quiet)):
-        source = read_clean_image(path, size, grey)
+        source = read_clean_image(path, size, grey, side)
         for copy, name in enumerate(names):
             images[copy * len(files) + index] = apply_transform(source, name, fill)
     images.flush()
-    info = PackInfo(count=len(files) * len(names), size=size, channels=channels,
-                    sources=len(files), transforms=names)
+    info = PackInfo(count=len(files) * len(names), size=side, channels=channels,
+                    sources=len(files), transforms=names,
+                    output_size=size if side != size else 0)
     pack.write_info(out_dir, info)
     return info

@@ -28,7 +28,7 @@ class ModelSpec:
     """Everything needed to rebuild a network; saved as JSON beside its weights."""
 
     name: str  # registry key: "mlp" | "dcgan" | "stylegan2"
-    size: int  # image side in pixels
+    size: int  # image side in pixels (what G draws and D sees)
     channels: int  # 3 (RGB) or 1 (grey)
     nz: int  # latent size (StyleGAN2's z_dim)
     width: float = 1.0  # channel multiplier for mlp/dcgan; 1.0 = the seeds' sizes
@@ -39,12 +39,22 @@ class ModelSpec:
     channel_base: int = 4096  # channels at an r x r map = min(channel_base / r, channel_max)
     channel_max: int = 128  # cap on channels per layer
     style_mixing: float = 0.9  # probability (per training batch) of mixing two latents
+    # Side of the delivered images (0 = size). Larger than size when the pack was made smaller
+    # than pad.size (augment.size): G trains at `size` and its images are upsampled to this.
+    output_size: int = 0
+
+    @property
+    def delivered_size(self) -> int:
+        """Side of the images generate writes."""
+        return self.output_size or self.size
 
     def __post_init__(self) -> None:
         # Catch impossible specs here; family-specific limits are checked by the family.
         problems = []
         if self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, not {self.channels}")
+        if self.output_size and self.output_size < self.size:
+            problems.append(f"output_size {self.output_size} is below size {self.size}")
         if self.size < 1 or self.nz < 1:
             problems.append(f"size and nz must be positive (size={self.size}, nz={self.nz})")
         if self.width <= 0:
@@ -138,11 +148,13 @@ def build_discriminator(spec: ModelSpec) -> nn.Module:
     return _checked_family(spec).discriminator(spec)
 
 
-def spec_from_config(config: TrainConfig, size: int, channels: int) -> ModelSpec:
+def spec_from_config(config: TrainConfig, size: int, channels: int,
+                     output_size: int = 0) -> ModelSpec:
     """The ModelSpec a training run uses: image shape from the pack, the rest from `train`."""
     return ModelSpec(
         name=config.model,
         size=size,
+        output_size=output_size if output_size != size else 0,
         channels=channels,
         nz=config.nz,
         width=config.width,
