@@ -128,7 +128,8 @@ def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
              .splitlines()] if (project / "data/train/eval.jsonl").exists() else []
     save_samples(project, args.out / f"tournament-{args.size}px-{name}.png")
     return {"size": args.size, "train_size": args.train_size, "minutes": args.minutes,
-            "n": args.n, "entry": name, "recipe": RECIPES[name], "extra": args.set, "kimg": train["counts"]["kimg"],
+            "n": args.n, "entry": name, "recipe": RECIPES[name], "extra": args.set,
+            "kimg": train["counts"]["kimg"],
             "img_per_s": train["counts"]["img_per_s"], "train_wall_s": round(train_seconds),
             "fid": score["fid"], "kid": score["kid_mean"], "precision": score["precision"],
             "recall": score["recall"], "generator": generated["counts"].get("generator"),

@@ -264,6 +264,14 @@ def arguments_from_make(argv: list[str], environ: dict[str, str]) -> list[str]:
     return argv + extra + [part for value in overrides for part in ("--set", value)]
 
 
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the disk holding `path` (or its nearest existing parent)."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return shutil.disk_usage(".").free
+
+
 def main() -> None:
     """Entry point: expected errors become one sentence and a non-zero exit, no traceback."""
     try:
@@ -280,7 +288,7 @@ def main() -> None:
         sys.exit(130)
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            free = shutil.disk_usage(".").free
+            free = _free_bytes(Path(str(error.filename)) if error.filename else Path("."))
             what = {errno.ENOSPC: "no disk space left", errno.EDQUOT: "disk quota exceeded",
                     errno.EFBIG: "a file grew past the file system's limit"}[error.errno]
             print(f"error: {what} ({_human(free)} free, writing {error.filename or '?'}); free "

@@ -24,7 +24,8 @@ def run(ctx: StageContext) -> StageResult:
                       pad.background, ctx.quiet, cfg.size)
     side = f" at {info.size} px" if info.output_size else ""
     return StageResult(
-        f"{info.count:,} training images{side} from {info.sources:,} ({', '.join(info.transforms)})",
+        f"{info.count:,} training images{side} from {info.sources:,} "
+        f"({', '.join(info.transforms)})",
         {"images": info.count, "sources": info.sources},
     )
 

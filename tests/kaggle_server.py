@@ -49,6 +49,9 @@ class FakeKaggle:
     competitions: dict[str, bytes] = field(default_factory=dict)
     forbidden: set[str] = field(default_factory=set)  # competitions whose rules are not accepted
     token_user: str = "tester"  # who IntrospectToken says a bearer token belongs to
+    # A broken server: every RPC answers 500 with a body that echoes the request's credentials
+    # (as a careless proxy or debug page might), to prove the client's errors do not leak them.
+    echo_credentials: bool = False
     seen: list[Seen] = field(default_factory=list)
 
     def __enter__(self) -> FakeKaggle:
@@ -109,7 +112,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._record(body)
         method = self.path[len(API):] if self.path.startswith(API) else ""
         handler = getattr(self, "rpc_" + method.replace(".", "_").replace("/", "__"), None)
-        if handler is None:
+        if self.fake.echo_credentials:
+            self._json(500, {"code": 500, "message": "internal error",
+                             "debug": {"authorization": self.headers.get("Authorization", ""),
+                                       "body": body}})
+        elif handler is None:
             self._json(404, {"code": 404, "message": f"unknown RPC {self.path}"})
         elif not self.headers.get("Authorization"):
             self._json(401, {"code": 401, "message": "Unauthenticated"})

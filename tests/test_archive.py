@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import warnings
 import zipfile
@@ -22,6 +23,7 @@ from pipeline.ingest.archive import (
     UNSAFE_ABSOLUTE,
     UNSAFE_ESCAPE,
     UNSAFE_LINK,
+    check_free_space,
     clean_member_path,
     ignore_reason,
     safe_extract,
@@ -222,6 +224,30 @@ def test_oversized_entry_is_refused(tmp_path: Path) -> None:
     report = safe_extract(tmp_path / "a.zip", tmp_path / "t", max_bytes=100_000)
     assert tree(tmp_path / "t") == ["fine.png"]
     assert reasons(report)["bomb.png"].startswith("too large")
+
+
+def test_many_entries_past_the_total_cap_stop_extraction(tmp_path: Path) -> None:
+    """Each entry is under the per-entry cap, their sum is not: the archive is refused as a
+    whole (the total counts bytes written, not the headers' sizes), naming the cap."""
+    with zipfile.ZipFile(tmp_path / "a.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(5):
+            zf.writestr(f"part{i}.png", bytes([i]) * 60_000)
+    with pytest.raises(UserError, match="expand past") as error:
+        safe_extract(tmp_path / "a.zip", tmp_path / "t", max_bytes=100_000, max_total=150_000)
+    assert "part2.png" in str(error.value)  # 3 x 60,000 crosses 150,000 at the third
+    assert not (tmp_path / "t/part2.png").exists()  # the crossing entry is not left half written
+    # Under a cap that fits, the same archive extracts whole.
+    report = safe_extract(tmp_path / "a.zip", tmp_path / "t2", max_bytes=100_000,
+                          max_total=300_000)
+    assert report.n_images == 5
+
+
+def test_too_little_free_space_is_refused_before_writing(tmp_path: Path) -> None:
+    """The free-space check runs on the sizes the archive declares, before any file is written."""
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(UserError, match="GiB are free"):
+        check_free_space(tmp_path, needed=free + (1 << 30))
+    check_free_space(tmp_path, needed=1024)  # a small archive passes
 
 
 def test_truncated_and_non_archives(tmp_path: Path) -> None:

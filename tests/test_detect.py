@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from yolo_fixture import CLASS_NAME, make_scene, tiny_yolo_weights, ultralytics_sandbox
 
-from pipeline.core.config import CropConfig
+from pipeline.core.config import CropConfig, load_params
 from pipeline.core.errors import UserError
+from pipeline.core.files import sha256_file
 from pipeline.ingest.crop import flat_names
 from pipeline.ingest.detect import (
     Detection,
@@ -224,3 +225,23 @@ def test_unknown_class_with_a_real_model(tiny_yolo: Path, tmp_path: Path) -> Non
     with pytest.raises(UserError, match="available: clock"):
         crop_with_yolo([], tmp_path, tmp_path, _cfg(weights=str(tiny_yolo),
                                                     classes=("motorcycle",)), 10**8, True)
+
+
+def test_pinned_weights_digest(tiny_yolo: Path, tmp_path: Path) -> None:
+    """crop.weights_sha256: the real detector loads when its digest matches; a file with one
+    byte changed is refused before torch unpickles it, and the message names both digests."""
+    good = sha256_file(tiny_yolo)
+    crop_with_yolo([], tmp_path, tmp_path / "ok", _cfg(weights=str(tiny_yolo),
+                                                        weights_sha256=good), 10**8, True)
+    tampered = tmp_path / "tampered.pt"
+    data = bytearray(tiny_yolo.read_bytes())
+    data[-1] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(UserError) as error:
+        crop_with_yolo([], tmp_path, tmp_path / "no", _cfg(weights=str(tampered),
+                                                            weights_sha256=good), 10**8, True)
+    assert good in str(error.value) and sha256_file(tampered) in str(error.value)
+    assert "refusing to load" in str(error.value)
+    (tmp_path / "p.yaml").write_text("crop:\n  weights_sha256: ABC\n")
+    with pytest.raises(UserError, match="crop.weights_sha256"):  # the knob's own rule
+        load_params(tmp_path / "p.yaml")

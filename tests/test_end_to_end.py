@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -171,6 +172,46 @@ def test_training_below_the_delivery_size(project):
     bad = cli(project, "run", "augment", "--set", "augment.size=128", "--set", "pad.size=64",
               check=False)
     assert bad.returncode != 0 and "augment.size" in bad.stderr and "pad.size" in bad.stderr
+
+
+def _mount_tmpfs(folder: Path, size: str) -> str:
+    """'' once a tmpfs of `size` is mounted at `folder`, else why it cannot be (a skip reason)."""
+    folder.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    return "" if done.returncode == 0 else f"cannot mount a tmpfs here: {done.stderr.strip()}"
+
+
+def test_a_full_disk_is_one_line_and_exit_28(project, tmp_path):
+    """The project on a small tmpfs, filled up to the pack's size: augment (whose pack is a
+    preallocated memory map, a bus error before) exits 28 with one line, publishes nothing,
+    and the same command succeeds once space is freed."""
+    mount = tmp_path / "small"
+    reason = _mount_tmpfs(mount, "16m")
+    if reason:
+        pytest.skip(reason)
+    try:
+        root = mount / "project"
+        root.mkdir()
+        (root / "params.yaml").write_text(TINY)
+        shutil.copytree(project / "data/raw", root / "data/raw")
+        cli(root, "run", "pad")
+        filler = root / "filler.bin"
+        free = shutil.disk_usage(mount).free
+        with filler.open("wb") as handle:  # leave 64 KiB: the pack needs ~300 KiB
+            handle.truncate(0)
+            os.posix_fallocate(handle.fileno(), 0, free - (64 << 10))
+        full = cli(root, "run", "augment", check=False)
+        assert full.returncode == 28, full.stdout + full.stderr
+        errors = [line for line in full.stderr.splitlines() if line.strip()]
+        assert len(errors) == 1 and errors[0].startswith("error: no disk space left"), errors
+        assert "Traceback" not in full.stderr and "Bus error" not in full.stderr
+        assert not (root / "data/pack").exists()  # nothing published as done
+        filler.unlink()
+        again = summary(cli(root, "run", "augment"))
+        assert again["augment"] != "cached" and (root / "data/pack/images.npy").is_file()
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_killed_run_resumes_and_finishes(tmp_path):

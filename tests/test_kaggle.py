@@ -139,3 +139,54 @@ def test_server_unreachable(env: Path) -> None:
     # Port 80 is free (the skip condition), so nothing answers: what offline looks like.
     with pytest.raises(UserError, match="cannot reach Kaggle"):
         fetch("kaggle:tester/clocks", env / "out", env / "dl", quiet=True)
+
+
+SENTINEL = "SENTINEL-k3y-9f2c7a"  # a credential no output may contain
+
+
+def _leaks(text: str) -> list[str]:
+    """Which forms of the sentinel appear in `text`: plain, or inside Basic/Bearer base64."""
+    forms = {"plain": SENTINEL,
+             "base64 user:key": base64.b64encode(f"tester:{SENTINEL}".encode()).decode(),
+             "base64 key": base64.b64encode(SENTINEL.encode()).decode()}
+    return [name for name, form in forms.items() if form in text]
+
+
+@pytest.mark.parametrize("credential", ["KAGGLE_KEY", "KAGGLE_API_TOKEN"])
+def test_credentials_never_reach_output_or_files(env: Path, credential: str) -> None:
+    """Sentinel credentials, a server that fails and echoes them back: the CLI's stdout,
+    stderr and every file under data/ and submissions/ are free of them (and of their base64)."""
+    import os
+    import subprocess
+    import sys
+
+    project = env / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text("fetch:\n  source: kaggle:tester/clocks\n")
+    child_env = {k: v for k, v in os.environ.items() if k not in ("KAGGLE_KEY", "KAGGLE_API_TOKEN")}
+    child_env[credential] = SENTINEL
+    with FakeKaggle(datasets={"tester/clocks": b""}, echo_credentials=True) as server:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "run", "fetch", "--root",
+                               str(project), "--params", str(project / "params.yaml"), "--quiet"],
+                              cwd=Path(__file__).resolve().parents[1], env=child_env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "error:" in done.stderr, done.stderr  # reported ...
+    assert server.seen and any(SENTINEL in s.auth or _leaks(s.auth) for s in server.seen)
+    assert _leaks(done.stdout) == [] and _leaks(done.stderr) == [], done.stderr  # ... not the key
+    for folder in ("data", "submissions"):
+        for path in (project / folder).rglob("*"):
+            if path.is_file():
+                assert _leaks(path.read_bytes().decode("latin-1")) == [], path
+
+
+def test_redaction_masks_every_form_of_the_key(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What an unexpected client error is shown through: plain and base64 forms become ***."""
+    from pipeline.core.kaggle import redact_credentials
+
+    monkeypatch.setenv("KAGGLE_KEY", SENTINEL)
+    basic = base64.b64encode(f"tester:{SENTINEL}".encode()).decode()
+    bare = base64.b64encode(SENTINEL.encode()).decode()
+    text = f"failed: key={SENTINEL} Authorization: Basic {basic} bare {bare}"
+    masked = redact_credentials(text)
+    assert _leaks(masked) == [] and masked.count("***") == 3
+    assert redact_credentials("nothing secret here") == "nothing secret here"

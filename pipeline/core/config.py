@@ -144,8 +144,15 @@ class CropConfig:
         0.05, "extra border around the crop, as a fraction of its size", check=between(0, 1))
     weights: str = knob(
         "yolo11n.pt", "YOLO weights: a local .pt (relative to the project root) or an "
-        "ultralytics COCO model name, downloaded there when online"
+        "ultralytics COCO model name, downloaded there when online. A .pt file is code "
+        "(loading it unpickles): use weights from a place you trust"
     )
+    weights_sha256: str = knob(
+        "", "sha256 the crop.weights file must have before it is loaded ('' = not checked); "
+        "`sha256sum yolo11n.pt` on a machine you trust",
+        check=satisfies(lambda text: text == "" or (
+            len(text) == 64 and all(c in "0123456789abcdef" for c in text)),
+            "'' or 64 lowercase hex digits"))
     classes: tuple[str, ...] = knob(("clock",), "COCO class names to keep (clock, motorcycle...)")
     conf: float = knob(0.25, "detection confidence threshold", check=between(0, 1))
     max_objects: int = knob(

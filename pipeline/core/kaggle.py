@@ -8,6 +8,7 @@ counts. Every failure a user can fix becomes one UserError sentence.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -129,7 +130,31 @@ def _explain(error: Exception, what: str, rules_url: str = "") -> UserError:
         return UserError(f"{what} failed (404): no such name on Kaggle; check the spelling")
     if status == 429:
         return UserError(f"{what} failed (429): Kaggle rate-limits you; try again in a while")
-    return UserError(f"{what} failed: {type(error).__name__}: {error}")
+    return UserError(f"{what} failed: {type(error).__name__}: {redact_credentials(str(error))}")
+
+
+def _secrets(env: Mapping[str, str] | None = None) -> list[str]:
+    """The credential strings this machine holds, in every form a request may carry them."""
+    env = os.environ if env is None else env
+    user, values = env.get("KAGGLE_USERNAME", ""), [env.get("KAGGLE_KEY", ""),
+                                                    env.get("KAGGLE_API_TOKEN", "")]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        stored = json.loads((config_dir(env) / "kaggle.json").read_text(encoding="utf-8"))
+        user = user or str(stored.get("username", ""))
+        values.append(str(stored.get("key", "")))
+    forms = []
+    for value in filter(None, values):
+        forms += [value, base64.b64encode(value.encode()).decode(),
+                  base64.b64encode(f"{user}:{value}".encode()).decode()]
+    return forms
+
+
+def redact_credentials(text: str, env: Mapping[str, str] | None = None) -> str:
+    """`text` with every Kaggle credential (plain or base64, as Basic/Bearer send them) masked:
+    an error message from the client or a server may quote the request it failed on."""
+    for secret in _secrets(env):
+        text = text.replace(secret, "***")
+    return text
 
 
 # ----------------------------------------------------------------------------------------------

@@ -58,8 +58,14 @@ from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.data import BatchReader, fits_on_device, to_device_batch
 from pipeline.gan.diffaug import parse_policy
 from pipeline.gan.losses import GANLoss, get_loss, lazy_weight, path_length_penalty
-from pipeline.gan.models import (ModelFamily, ModelSpec, delivered, get_model, save_generator,
-                                 spec_from_config)
+from pipeline.gan.models import (
+    ModelFamily,
+    ModelSpec,
+    delivered,
+    get_model,
+    save_generator,
+    spec_from_config,
+)
 from pipeline.gan.plots import plot_losses, read_stats, save_grid
 from pipeline.gan.precision import Precision, configure_backends, resolve_precision
 from pipeline.gan.state import TrainState

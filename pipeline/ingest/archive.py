@@ -13,6 +13,7 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import stat
 import tarfile
 import unicodedata
@@ -34,6 +35,8 @@ IMAGE = "image"  # FileRecord.kind of an extracted image
 IGNORED = "ignored"  # FileRecord.kind of anything else (its reason says why)
 CHUNK = 1 << 20  # bytes per read while copying
 MAX_ENTRY_BYTES = 512 << 20  # a single "image" larger than this is a decompression bomb
+MAX_TOTAL_BYTES = 64 << 30  # all images of one archive: past this it is a bomb, not a dataset
+FREE_SPACE_MARGIN = 256 << 20  # left free on the disk after the declared sizes are written
 
 # Reasons shared by the checks below; the fetch summary groups ignored entries by them.
 UNSAFE_ESCAPE = "unsafe path: escapes the target folder"
@@ -44,6 +47,7 @@ SPECIAL = "special file (device or fifo)"
 DUPLICATE = "duplicate entry"
 BEYOND_LIMIT = "beyond limit"
 NOT_UTF8 = "file name is not valid UTF-8"
+TOO_LARGE = "too large"
 
 # An entry filter: given the entry's clean relative path, '' keeps it, else the reason to skip.
 MemberFilter = Callable[[str], str]
@@ -183,7 +187,7 @@ def copy_hashed(src: IO[bytes], dest: Path | None,
         while chunk := src.read(CHUNK):
             size += len(chunk)
             if size > max_bytes:
-                raise TooLarge(f"too large: over {max_bytes >> 20} MiB")
+                raise TooLarge(f"{TOO_LARGE}: over {max_bytes >> 20} MiB")
             digest.update(chunk)
             if out is not None:
                 out.write(chunk)
@@ -327,9 +331,44 @@ def _extract_one(m: _Member, path: str, reason: str, target: Path, max_bytes: in
     return FileRecord(path, size, sha, IGNORED if reason else IMAGE, reason)
 
 
+def check_free_space(target: Path, needed: int, margin: int = FREE_SPACE_MARGIN) -> None:
+    """UserError before any write when the disk under `target` cannot take `needed` bytes."""
+    free = shutil.disk_usage(target).free
+    if needed + margin > free:
+        raise UserError(f"extracting into {target} needs {needed / 2**30:.2f} GiB (the sizes the "
+                        f"archive declares) and {margin >> 20} MiB to spare, but only "
+                        f"{free / 2**30:.2f} GiB are free: free some space")
+
+
+def _extract_all(listing: list[_Member], plan: list[tuple[str, str]], target: Path,
+                 max_bytes: int, max_total: int, quiet: bool) -> list[FileRecord]:
+    """Write the planned members in archive order, stopping the whole archive past max_total.
+
+    Sizes in headers can lie, so the total counts the bytes really written: each entry may
+    write at most what is left of the total, and one that would cross it ends extraction.
+    """
+    check_free_space(target, sum(m.size for m, (_, r) in zip(listing, plan)
+                                 if not r and m.type == "file"))
+    records, written = [], 0
+    for m, (path, reason) in tqdm(list(zip(listing, plan)), desc="extract", unit="file",
+                                  disable=quiet):
+        if m.type == "dir":  # folders are created on demand, never recorded
+            continue
+        left = max_total - written  # only written images count towards the total
+        cap = max_bytes if reason else min(max_bytes, left)
+        record = _extract_one(m, path, reason, target, cap)
+        if not reason and record.reason.startswith(TOO_LARGE) and left < max_bytes:
+            raise UserError(f"the images of this archive expand past {max_total:,} bytes "
+                            f"(at {printable_name(path)}): a decompression bomb, or a dataset "
+                            "larger than this pipeline extracts; nothing was kept as fetched")
+        written += record.bytes if record.kind == IMAGE else 0
+        records.append(record)
+    return records
+
+
 def safe_extract(archive: Path, target: Path, members: MemberFilter | None = None,
-                 limit: int = 0, quiet: bool = True,
-                 max_bytes: int = MAX_ENTRY_BYTES) -> ExtractReport:
+                 limit: int = 0, quiet: bool = True, max_bytes: int = MAX_ENTRY_BYTES,
+                 max_total: int = MAX_TOTAL_BYTES) -> ExtractReport:
     """Extract the images of a zip or tar(.gz/.bz2/.xz) under `target`, refusing hostile entries.
 
     `members(path)` returns '' to keep an entry or the reason to skip it; `limit` > 0 keeps the
@@ -345,12 +384,7 @@ def safe_extract(archive: Path, target: Path, members: MemberFilter | None = Non
         with (zipfile.ZipFile(archive) if kind == "zip" else tarfile.open(archive, "r:*")) as af:
             listing = list(_zip_members(af) if kind == "zip" else _tar_members(af))
             plan = _plan(listing, members, limit)
-            records = [
-                _extract_one(m, path, reason, target, max_bytes)
-                for m, (path, reason) in tqdm(list(zip(listing, plan)), desc="extract",
-                                              unit="file", disable=quiet)
-                if m.type != "dir"  # folders are created on demand, never recorded
-            ]
+            records = _extract_all(listing, plan, target, max_bytes, max_total, quiet)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error) as error:
         raise UserError(
             f"{archive} is corrupt or truncated ({error}): delete it and fetch again"

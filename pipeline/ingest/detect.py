@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import CropConfig
 from pipeline.core.errors import UserError
+from pipeline.core.files import sha256_file
 from pipeline.ingest.crop import flat_names
 from pipeline.ingest.decisions import Decision, kept, rejected
 from pipeline.ingest.images import composite, load_image, save_png
@@ -183,6 +184,21 @@ def resolve_weights(weights: str, base_dir: Path | None) -> Path:
     return found
 
 
+def check_weights_digest(path: Path, expected: str) -> None:
+    """Refuse weights whose sha256 is not `expected` ('' = no pin), before they are unpickled.
+
+    A .pt file runs code when it loads; a pinned digest is how a user says which file they
+    trust, and a swapped or truncated download is caught here instead of inside torch.
+    """
+    if not expected:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise UserError(f"YOLO weights {path} have sha256 {actual}, but crop.weights_sha256 is "
+                        f"{expected}; refusing to load them (replace the file with the trusted "
+                        "one, or update the pin if you trust this file)")
+
+
 def load_model(path: Path) -> Any:
     """An ultralytics YOLO detector from a local .pt; a wrong file is a UserError, not a trace."""
     from ultralytics import YOLO
@@ -266,6 +282,7 @@ def crop_with_yolo(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig
     """
     _import_ultralytics()
     weights = resolve_weights(cfg.weights, base_dir)
+    check_weights_digest(weights, cfg.weights_sha256)
     model = load_model(weights)
     ids = class_ids(model.names, cfg.classes, cfg.weights)
     out_dir.mkdir(parents=True, exist_ok=True)
