@@ -236,7 +236,8 @@ class TrainConfig:
     device: Device = knob("auto", "auto = CUDA when present (AMP, TF32), else CPU")
     threads: int = knob(0, "CPU threads for torch (0 = torch's default)", check=at_least(0))
     amp: Literal["auto", "off", "bf16", "fp16"] = knob(
-        "auto", "mixed precision: auto = bf16 on CUDA (fp16 + loss scaling on old GPUs), off on CPU"
+        "auto", "mixed precision: auto = bf16 on CUDA (fp16 + loss scaling on old GPUs); on a "
+        "CPU, bf16 where it is native (AVX-512-BF16, AMX) and measured faster, else off"
     )
     deterministic: bool = knob(False, "bit-reproducible kernels (slower on CUDA; CPU already is)")
     tick_kimg: float = knob(

@@ -47,6 +47,7 @@ from pipeline.core.device import resolve_device
 from pipeline.core.distributed import (
     Dist,
     all_reduce_mean,
+    broadcast_object,
     init_from_env,
     local_batch_size,
     print0,
@@ -252,22 +253,33 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     """Device, precision, the pack and the networks' spec; errors the user can fix come here."""
     start_time = time.perf_counter()
     device = resolve_device(cfg.device, "train.device", dist.local_rank)
-    precision = resolve_precision(cfg, device)
     configure_backends(cfg, device)
     images, info = open_pack(pack_dir)  # (N, H, W, C) uint8, memory-mapped
     if info.count < 1:
         raise UserError(f"the training pack {pack_dir} is empty; check the augment stage")
     spec = spec_from_config(cfg, info.size, info.channels, info.output_size)
+    # The precision this run folder started with, if any; every rank takes rank 0's choice.
+    batch = local_batch_size(cfg.batch_size, dist)
+    chosen = str(resolve_precision(cfg, device, spec, batch, _recorded_amp(run_dir)).dtype)
+    precision = resolve_precision(cfg, device, spec, batch, broadcast_object(chosen, dist))
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
     schedules = {name: parse_schedule(getattr(cfg, key), f"train.{key}") for name, key in
                  (("lr", "lr_decay"), ("gamma", "gamma_decay"), ("augment_p", "augment_p_decay"))}
     return Run(cfg=cfg, dist=dist, precision=precision, images=images, spec=spec,
                family=get_model(cfg.model), loss=get_loss(cfg.loss),
-               ops=parse_policy(cfg.diffaugment), batch=local_batch_size(cfg.batch_size, dist),
+               ops=parse_policy(cfg.diffaugment), batch=batch,
                target_images=int(round(cfg.kimg * 1000)), deadline=deadline, run_dir=run_dir,
                quiet=quiet, start_time=start_time, schedules=schedules,
                real_diversity=_real_diversity(images, cfg.seed))
+
+
+def _recorded_amp(run_dir: Path) -> str | None:
+    """The autocast dtype an earlier start of this run folder used (training_options.json)."""
+    try:
+        return str(json.loads((run_dir / "training_options.json").read_text())["amp"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _real_diversity(images: np.ndarray, seed: int) -> float:
