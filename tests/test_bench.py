@@ -18,6 +18,8 @@ pytestmark = pytest.mark.slow
                         "--group", "1"]),
     ("bench_generate.py", ["--n", "24", "--width", "0.125", "--batch-size", "8"]),
     ("bench_pad.py", ["--n", "8"]),
+    ("bench_families.py", ["--size", "32", "--steps", "3", "--warmup", "1", "--group", "1",
+                           "--only", "dcgan", "fastgan"]),
     ("bench_models.py", ["--minutes", "0.02", "--n", "24", "--eval-n", "10", "--limit", "40",
                          "--size", "64", "--train-size", "32", "--set", "train.seed=1",
                          "--only", "dcgan-ralsgan", "fastgan"]),

@@ -54,6 +54,15 @@ def test_override_wins_over_file(tmp_path):
     assert params.augment.rotations == (-5.0, 5.0)
 
 
+def test_unquoted_off_means_off(tmp_path):
+    """YAML 1.1 reads `off` as false: a knob whose choices include "off" takes it as "off",
+    in the file and in --set; booleans stay errors where "off" is not a choice."""
+    assert load_params(write(tmp_path, "train:\n  amp: off\n")).train.amp == "off"
+    assert load_params(write(tmp_path, ""), ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.model"):
+        load_params(write(tmp_path, "train:\n  model: off\n"))
+
+
 @pytest.mark.parametrize(
     "text, expected",
     [

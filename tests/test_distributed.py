@@ -27,10 +27,11 @@ from pipeline.core.distributed import (
     shutdown,
 )
 from pipeline.core.errors import UserError
+from pipeline.gan.batchnorm import synchronise_batchnorm
 from pipeline.gan.losses import get_loss
-from pipeline.gan.models import ModelSpec, build_discriminator
+from pipeline.gan.models import ModelSpec, build_discriminator, build_generator, get_model
 from pipeline.gan.precision import Precision
-from pipeline.gan.steps import DiscriminatorPair, d_backward
+from pipeline.gan.steps import DiscriminatorPair, d_backward, g_backward
 from pipeline.ingest import pack
 
 WORLD = 2
@@ -58,18 +59,69 @@ def _batches() -> tuple[torch.Tensor, torch.Tensor]:
                                                                         generator=gen).tanh()
 
 
-def _d_gradients(dist: Dist) -> dict[str, torch.Tensor]:
-    """One D step of the training loop on this rank's share of the batch; D's gradients."""
+# The equivalence cases: each family's recommended loss, networks in training mode (BatchNorm
+# over the global batch), one D step and one G step. What cannot match is left out and said:
+# per-sample noise (StyleGAN2, FastGAN's generator) is drawn per rank, so its strengths'
+# gradients differ; StyleGAN2's style mixing is off for the same reason (a random crossover).
+CASES: dict[str, tuple[ModelSpec, str, float]] = {  # spec, loss, R1 weight
+    "mlp-lsgan": (SPEC, "lsgan", 0.0),
+    "dcgan-ralsgan": (ModelSpec(name="dcgan", size=32, channels=3, nz=16, width=0.0625),
+                      "ralsgan", 0.0),
+    "fastgan-hinge": (ModelSpec(name="fastgan", size=32, channels=3, nz=16, width=0.0625),
+                      "hinge", 0.0),
+    "r3gan-rpgan": (ModelSpec(name="r3gan", size=32, channels=3, nz=16, width=0.0625),
+                    "rpgan", 0.0),
+    "stylegan2-r1": (ModelSpec(name="stylegan2", size=32, channels=3, nz=16, w_dim=16,
+                               channel_base=256, channel_max=16, style_mixing=0.0),
+                     "nonsaturating", 5.0),
+}
+PER_RANK_RANDOM = ("noise_strength", "strength")  # parameter names drawn per rank (see above)
+
+
+def _case_batches(spec: ModelSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same reals, fakes and latents in every process."""
+    gen = torch.Generator().manual_seed(1)
+    shape = (BATCH, spec.channels, spec.size, spec.size)
+    return (torch.rand(shape, generator=gen) * 2 - 1, torch.randn(shape, generator=gen).tanh(),
+            torch.randn(BATCH, spec.nz, generator=gen))
+
+
+def _step_gradients(dist: Dist, case: str) -> dict[str, torch.Tensor]:
+    """One D step and one G step of the training loop's functions on this rank's share of the
+    batch, DDP-wrapped and BatchNorm-synchronised as `train` does; the gradients of D and G."""
+    spec, loss_name, r1_weight = CASES[case]
     torch.manual_seed(0)
-    # eval(): the MLP's dropout would draw different masks per rank, and BatchNorm (in DCGAN)
-    # would normalise each half-batch by its own statistics; either breaks the equality.
-    discriminator = build_discriminator(SPEC).eval()
+    G, D = build_generator(spec).train(), build_discriminator(spec).train()
+    if dist.enabled:
+        synchronise_batchnorm(G, torch.device("cpu"))
+        synchronise_batchnorm(D, torch.device("cpu"))
+    family = get_model(spec.name)
+    pair: torch.nn.Module = DiscriminatorPair(D, aux=family.d_aux_loss)
+    G_step: torch.nn.Module = G
+    if dist.enabled:
+        pair = torch.nn.parallel.DistributedDataParallel(pair)
+        G_step = torch.nn.parallel.DistributedDataParallel(G)
+    real, fake, z = (shard(t, dist) for t in _case_batches(spec))
+    loss = get_loss(loss_name)
+    cpu = Precision(torch.device("cpu"), None, False)
+    torch.manual_seed(2)  # FastGAN's quarter crop: the same on every rank and in one process
+    _, real_logits, _ = d_backward(pair, D, loss, real, fake, real_label=0.8, precision=cpu,
+                                   r1_weight=r1_weight)
+    grads = {f"D.{n}": p.grad.clone() for n, p in D.named_parameters() if p.grad is not None}
+    g_backward(D, loss, G_step(z), real_logits, real_label=0.8, precision=cpu)
+    grads |= {f"G.{n}": p.grad.clone() for n, p in G.named_parameters()
+              if p.grad is not None and not n.endswith(PER_RANK_RANDOM)}
+    return grads
+
+
+def _d_gradients(dist: Dist) -> dict[str, torch.Tensor]:
+    """The original equivalence: the MLP's D step with LSGAN in eval mode."""
+    torch.manual_seed(0)
+    discriminator = build_discriminator(SPEC).eval()  # no dropout masks, no batch statistics
     pair: torch.nn.Module = DiscriminatorPair(discriminator)
     if dist.enabled:
         pair = torch.nn.parallel.DistributedDataParallel(pair)
     real, fake = _batches()
-    # lsgan: a mean of per-sample terms, so DDP's mean of per-rank gradients is the full-batch
-    # gradient. Relativistic losses (ralsgan) compare with the *local* batch mean and differ.
     d_backward(pair, discriminator, get_loss("lsgan"), shard(real, dist), shard(fake, dist),
                real_label=0.8, precision=Precision(torch.device("cpu"), None, False))
     return {name: p.grad.clone() for name, p in discriminator.named_parameters()}
@@ -85,8 +137,10 @@ def _worker(rank: int, port: int, root: str, kimg: float, with_grads: bool) -> N
     dist = init_from_env("cpu")
     if with_grads:
         grads = _d_gradients(dist)
+        steps = {case: _step_gradients(dist, case) for case in CASES}
         if rank == 0:
             torch.save(grads, Path(root) / "grads.pt")
+            torch.save(steps, Path(root) / "steps.pt")
     from pipeline.gan.loop import train
 
     cfg = TrainConfig(model="dcgan", loss="ralsgan", kimg=kimg, batch_size=8, width=0.125,
@@ -120,6 +174,19 @@ def test_ddp_d_step_matches_one_process(two_ranks: Path) -> None:
     for name, grad in single.items():
         torch.testing.assert_close(ddp_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)
     assert any(g.abs().sum() > 0 for g in single.values())  # the comparison is not vacuous
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ddp_steps_match_one_process_on_the_whole_batch(two_ranks: Path, case: str) -> None:
+    """Two ranks with half the batch each = one process with all of it: D's and G's gradients
+    after one D step and one G step, BatchNorm and relativistic means over the global batch."""
+    ddp = torch.load(two_ranks / "steps.pt", weights_only=True)[case]
+    single = _step_gradients(Dist(), case)
+    assert single.keys() == ddp.keys() and any(k.startswith("G.") for k in single)
+    for name, grad in single.items():
+        torch.testing.assert_close(ddp[name], grad, rtol=1e-4, atol=1e-5, msg=f"{case}: {name}")
+    assert all(any(g.abs().sum() > 0 for k, g in single.items() if k.startswith(side))
+               for side in ("D.", "G."))  # not vacuous
 
 
 def test_two_rank_training_runs_and_resumes(two_ranks: Path) -> None:

@@ -239,6 +239,10 @@ class TrainConfig:
         "auto", "mixed precision: auto = bf16 on CUDA (fp16 + loss scaling on old GPUs); on a "
         "CPU, bf16 where it is native (AVX-512-BF16, AMX) and measured faster, else off"
     )
+    sync_batchnorm: bool = knob(
+        True, "under DDP, BatchNorm uses the whole global batch's statistics, as one GPU would "
+        "(SyncBatchNorm); false: each rank normalises its own share, faster on many GPUs but a "
+        "different model from the one-GPU run")
     deterministic: bool = knob(False, "bit-reproducible kernels (slower on CUDA; CPU already is)")
     tick_kimg: float = knob(
         1.0, "kimg between progress ticks (one stats.jsonl line per tick)", check=above(0))
@@ -469,6 +473,9 @@ def _coerce(value: Any, tp: Any) -> Any:
     """Return `value` as type `tp`, or raise ValueError. Never guesses across kinds."""
     origin = get_origin(tp)
     if origin is Literal:
+        # YAML 1.1 reads an unquoted off / on (and no / yes) as a boolean: `amp: off` means "off".
+        if isinstance(value, bool) and ("on" if value else "off") in get_args(tp):
+            return "on" if value else "off"
         if value in get_args(tp):
             return value
         raise ValueError

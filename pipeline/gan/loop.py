@@ -56,6 +56,7 @@ from pipeline.core.distributed import (
 from pipeline.core.errors import UserError
 from pipeline.core.schedules import Schedule, parse_schedule
 from pipeline.gan import checkpoint as ckpt
+from pipeline.gan.batchnorm import synchronise_batchnorm
 from pipeline.gan.data import BatchReader, fits_on_device, to_device_batch
 from pipeline.gan.diffaug import parse_policy
 from pipeline.gan.losses import GANLoss, get_loss, lazy_weight, path_length_penalty
@@ -295,6 +296,9 @@ def _wrap_for_ddp(run: Run, state: TrainState) -> tuple[nn.Module, nn.Module]:
     Gradients are averaged over ranks in G's and the D pair's backward. The G step's D pass
     uses the bare D: D's weights get no gradient there, so there is nothing to sync.
     """
+    if run.dist.enabled and run.family.batchnorm and run.cfg.sync_batchnorm:
+        synchronise_batchnorm(state.G, run.device)  # in place: the optimisers' tensors stay
+        synchronise_batchnorm(state.D, run.device)
     G: nn.Module = state.G
     D_pair: nn.Module = DiscriminatorPair(state.D, aux=run.family.d_aux_loss)
     if run.dist.enabled:

@@ -11,7 +11,8 @@ or (N, P) for a PatchGAN head, and averages over all of them. Each is a small cl
   target in the BCE and least-squares losses, and G's target where the formula has one
   (LSGAN with c = b, RaLSGAN as in seed 004). Hinge, WGAN and RpGAN have no targets and
   ignore it.
-- Relativistic losses compare reals with fakes (RaLSGAN: each side with the other's mean;
+- Relativistic losses compare reals with fakes (RaLSGAN: each side with the other's mean,
+  the global batch's under DDP (`batch_mean`);
   RpGAN: real i with fake i), so their G step needs the real logits too
   (`uses_real_logits_in_g`); the others accept None there.
 - WGAN-GP's penalty is computed by `gradient_penalty` and weighted by the training loop with
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -73,6 +75,19 @@ def get_loss(name: str) -> GANLoss:
     if name not in LOSSES:
         raise UserError(f"unknown loss {name!r}; set train.loss to one of: {', '.join(LOSSES)}.")
     return LOSSES[name]
+
+
+def batch_mean(logits: Tensor) -> Tensor:
+    """Mean over the global batch. Under DDP each rank holds a share of it: the shares are
+    gathered with the autograd-aware all_gather of torch.distributed.nn, so a relativistic loss
+    compares with the mean one process on the whole batch would (gradients flow back to every
+    rank's own logits). Plain mean in one process."""
+    if torch_dist.is_available() and torch_dist.is_initialized() and (
+            torch_dist.get_world_size() > 1):
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(logits.contiguous())).mean()
+    return logits.mean()
 
 
 def _bce(logits: Tensor, target: float) -> Tensor:
@@ -147,8 +162,8 @@ class RaLSGAN(GANLoss):
     @staticmethod
     def _pair(real: Tensor, fake: Tensor, y: float) -> Tensor:
         """Half the sum of squared distances of each side from the other's mean +- y."""
-        real_vs_fake = (real - fake.mean() - y).square().mean()  # reals should sit y above fakes
-        fake_vs_real = (fake - real.mean() + y).square().mean()  # fakes should sit y below reals
+        real_vs_fake = (real - batch_mean(fake) - y).square().mean()  # reals y above fakes
+        fake_vs_real = (fake - batch_mean(real) + y).square().mean()  # fakes y below reals
         return (real_vs_fake + fake_vs_real) / 2
 
     def d_loss(self, real_logits: Tensor, fake_logits: Tensor, real_label: float = 1.0) -> Tensor:

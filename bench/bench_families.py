@@ -1,0 +1,120 @@
+"""Benchmark: training throughput of every model family through the real `train()`, fp32 vs bf16.
+
+Each family trains with its own recipe (the registry's `recipe`: loss, batch, optimiser,
+DiffAugment) on the same random pack, for `--warmup` untimed steps and `--steps` timed ones,
+first with autocast off, then with bf16 autocast, in the same run. The rate is the median of
+the ticks' img/s after the warm-up (a tick counts training steps only). Both sides run the same
+steps on the same data from the same seed; each side's losses must be finite, and the table
+gives the bf16 / fp32 ratio per family.
+
+`--paper` uses the paper-scale networks a GPU trains (width 1.0; StyleGAN2 at the reference
+128 px configuration: channel_base 16384, channel_max 512, z and w 512, 2 mapping layers,
+batch 8 per the issue, lazy R1), where s/kimg compares with NVIDIA's 6.79 s/kimg on an A100.
+Without it, the CPU-sized widths of params.yaml and the tournament.
+
+Usage (from the repository root):
+    .venv/bin/python bench/bench_families.py --size 64 --steps 6 --warmup 2     # CPU
+    .venv/bin/python bench/bench_families.py --size 128 --paper --device cuda   # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from pipeline.core.config import TrainConfig  # noqa: E402
+from pipeline.gan.loop import train  # noqa: E402
+from pipeline.gan.models import get_model  # noqa: E402
+from pipeline.ingest import pack  # noqa: E402
+
+FAMILIES = ("dcgan", "fastgan", "r3gan", "stylegan2")
+CPU_WIDTH = {"dcgan": 0.25, "fastgan": 0.125, "r3gan": 0.125, "stylegan2": 1.0}
+# StyleGAN2 at the reference 128 px configuration (Karras et al. 2020, config F scaled to 128).
+STYLEGAN2_PAPER = dict(channel_base=16384, channel_max=512, nz=512, w_dim=512, mapping_layers=2,
+                       batch_size=8, r1_gamma=0.1, loss="nonsaturating")
+
+
+def make_pack(folder: Path, count: int, size: int) -> None:
+    """Random uint8 images: throughput does not depend on content."""
+    images = pack.create(folder, count, size, 3)
+    rng = np.random.default_rng(0)
+    images[:] = rng.integers(0, 256, images.shape, dtype=np.uint8)
+    images.flush()
+    pack.write_info(folder, pack.PackInfo(count, size, 3, count, ("identity",)))
+
+
+def config(family: str, paper: bool, amp: str, device: str, steps: int, group: int) -> TrainConfig:
+    """The family's recipe at the chosen scale, long enough for `steps` steps."""
+    recipe = {k: v for k, v in get_model(family).recipe.items() if k in
+              {f.name for f in dataclasses.fields(TrainConfig)}}
+    if family == "stylegan2" and paper:
+        recipe.update(STYLEGAN2_PAPER)
+    width = 1.0 if paper else CPU_WIDTH[family]
+    batch = int(recipe.get("batch_size", 64))
+    return TrainConfig(model=family, width=width, amp=amp, device=device,  # type: ignore[arg-type]
+                       **{**recipe, "batch_size": batch}, kimg=steps * batch / 1000,
+                       tick_kimg=group * batch / 1000, checkpoint_kimg=1e6, snapshot_kimg=1e6,
+                       ema_rampup=0.0)
+
+
+def measure(cfg: TrainConfig, pack_dir: Path, warmup: int, group: int) -> dict:
+    """img/s (median of ticks after warm-up), s/kimg, and whether every loss stayed finite."""
+    with tempfile.TemporaryDirectory() as work:
+        report = train(cfg, pack_dir, Path(work) / "run", quiet=True)
+        rows = [json.loads(line) for line in (Path(work) / "run/stats.jsonl").read_text()
+                .splitlines()]
+        amp = json.loads((Path(work) / "run/training_options.json").read_text())["amp"]
+    timed = [row for row in rows if row["step"] > warmup] or rows[-1:]
+    rate = float(np.median([row["img_per_s"] for row in timed]))
+    finite = all(math.isfinite(v) for v in report.final_losses.values())
+    return {"img_per_s": rate, "s_per_kimg": 1000 / rate, "amp": amp, "finite": finite}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=12, help="steps per side, warm-up included")
+    parser.add_argument("--warmup", type=int, default=4, help="untimed steps first")
+    parser.add_argument("--group", type=int, default=2, help="steps per tick (one rate each)")
+    parser.add_argument("--paper", action="store_true", help="paper-scale networks (GPU)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--only", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    args = parser.parse_args()
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        make_pack(Path(tmp) / "pack", 256, args.size)
+        for family in args.only:
+            sides = {}
+            for amp in ("off", "bf16"):
+                start = time.perf_counter()
+                cfg = config(family, args.paper, amp, args.device, args.steps, args.group)
+                sides[amp] = measure(cfg, Path(tmp) / "pack", args.warmup, args.group)
+                assert sides[amp]["finite"], f"{family} {amp}: a loss is not finite"
+                print(json.dumps({"family": family, **sides[amp],
+                                  "wall_s": round(time.perf_counter() - start, 1)}), flush=True)
+            rows.append((family, cfg.batch_size, cfg.width, sides))
+    device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+    print(f"\n{args.size} px, {'paper' if args.paper else 'CPU'} scale, {device}:")
+    print(f"  {'family':<10} {'batch':>5} {'width':>6} {'fp32 img/s':>11} {'bf16 img/s':>11} "
+          f"{'bf16 s/kimg':>12} {'bf16/fp32':>10}")
+    for family, batch, width, sides in rows:
+        ratio = sides["bf16"]["img_per_s"] / sides["off"]["img_per_s"]
+        print(f"  {family:<10} {batch:>5} {width:>6g} {sides['off']['img_per_s']:>11.1f} "
+              f"{sides['bf16']['img_per_s']:>11.1f} {sides['bf16']['s_per_kimg']:>12.2f} "
+              f"{ratio:>9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
