@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline.core import layout
 from pipeline.core.config import BOOKKEEPING_KEYS
+from pipeline.core.distributed import env_dist
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.gan.loop import train
 
@@ -28,6 +29,8 @@ def run(ctx: StageContext) -> StageResult:
     run_dir = ctx.project.data / "runs" / key[:12]
     report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet,
                    reference=ctx.inputs["pad"], cache_dir=ctx.project.data / "cache")
+    if not env_dist().is_main:  # under torchrun, rank 0 alone wrote the run folder's exports
+        return StageResult(f"rank {env_dist().rank} done", {})
 
     # Export: the generator and what a person looks at; the run folder keeps the rest.
     shutil.copytree(report.generator_dir, ctx.out_dir / layout.GENERATOR_DIR)

@@ -285,6 +285,37 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
     assert leftovers == []
 
 
+def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
+    """`make train GPUS=2`: torchrun starts two Gloo ranks on the CPU; killed after its first
+    checkpoint, the same command resumes and finishes; rank 0 alone exports and logs."""
+    (tmp_path / "params.yaml").write_text(TINY.replace("kimg: 0.4", "kimg: 0.8"))
+    command = ["make", "train", "GPUS=2", f"PARAMS={tmp_path / 'params.yaml'}",
+               f"ARGS=--root {tmp_path} --quiet"]
+    subprocess.run(["make", "augment", f"PARAMS={tmp_path / 'params.yaml'}",
+                    f"ARGS=--root {tmp_path} --quiet"], cwd=REPO, check=True,
+                   capture_output=True, timeout=600)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 600
+    while not _checkpoints(tmp_path) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "training ended before its first checkpoint"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "data/train/manifest.json").exists()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    train_line = summary(done)["train"]
+    assert "resumed at" in train_line and train_line.startswith("0.8 kimg"), train_line
+    assert (tmp_path / "data/train/generator/generator.pt").is_file()
+    run = next((tmp_path / "data/runs").iterdir())
+    options = json.loads((run / "training_options.json").read_text())
+    assert options["world_size"] == 2 and options["per_rank_batch"] == 8
+    kimgs = [json.loads(line)["kimg"] for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert kimgs == sorted(set(kimgs)) and kimgs[-1] == 0.8  # one writer, no duplicate ticks
+    assert not list((tmp_path / "data").glob(".train.rank*"))  # rank 1's scratch is gone
+
+
 def test_make_targets_and_help(project):
     help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
     for target in ("all", "fid", "test", "status", "train", "bench", "clean"):

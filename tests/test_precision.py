@@ -42,7 +42,7 @@ def test_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a: pytest.fail("probed"))
     assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is None
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    for speedup, dtype in ((1.3, torch.bfloat16), (1.1, None), (0.8, None)):
+    for speedup, dtype in ((1.3, torch.bfloat16), (1.05, None), (0.8, None)):
         monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, s=speedup: s)
         assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is dtype
     # Explicit settings are obeyed as written.

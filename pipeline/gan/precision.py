@@ -36,7 +36,7 @@ class Precision:
 # A CPU gets bf16 autocast under amp=auto only when it has bf16 instructions and a short probe
 # shows them at least this much faster than fp32 (a margin against a noisy probe).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-BF16_MIN_SPEEDUP = 1.15
+BF16_MIN_SPEEDUP = 1.1
 DTYPES = {"torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16, "None": None}
 
 
@@ -50,7 +50,7 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def cpu_bf16_speedup(spec: ModelSpec, batch: int, repeats: int = 2) -> float:
+def cpu_bf16_speedup(spec: ModelSpec, batch: int, repeats: int = 4) -> float:
     """fp32 time / bf16-autocast time of one training-like step of this very spec and batch:
     G forward, D forward (with its auxiliary loss when the family has one), backward.
 
