@@ -185,3 +185,18 @@ def test_mifid_agrees_with_torchmetrics(copies: bool) -> None:
     assert ours == pytest.approx(torchmetrics_mifid(gen, ref), rel=0.05 if copies else 1e-4)
     if copies:  # torchmetrics' own orientation misses copies of only 2/3 of the training set
         assert torchmetrics_mifid(ref, gen) < ours / 100
+
+
+def test_precision_and_recall_read_in_words_as_the_notes_do() -> None:
+    """Seed 000's table: high precision with low recall is mode collapse; low precision with
+    high recall is noisy images. The real features of a collapsed set read that way too."""
+    from pipeline.scoring.metrics import precision_recall, read_precision_recall
+
+    assert "mode collapse" in read_precision_recall(0.9, 0.1)
+    assert "noisy" in read_precision_recall(0.2, 0.8)
+    assert "realistic and varied" in read_precision_recall(0.7, 0.7)
+    assert "neither" in read_precision_recall(0.1, 0.0)
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(400, 16))
+    collapsed = reference[:5].repeat(40, axis=0) + rng.normal(scale=0.01, size=(200, 16))
+    assert "mode collapse" in read_precision_recall(*precision_recall(collapsed, reference))

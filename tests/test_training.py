@@ -100,6 +100,12 @@ def test_run_writes_every_artefact(pack_dir: Path, tmp_path: Path) -> None:
         assert key in rows[-1], key
     assert 0 <= rows[-1]["acc_real"] <= 1 and rows[-1]["augment_p"] >= 0
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard")).Reload()
+    assert "samples/fixed_noise" in events.Tags()["images"]  # the grids, not only numbers
+    grid = events.Images("samples/fixed_noise")[-1]
+    assert (grid.width, grid.height) == Image.open(run / "fakes000000.png").size
     assert Image.open(run / "losses.png").size[0] > 100
     # The exported generator is G_ema and loads for the generate stage.
     generator, spec = load_generator(report.generator_dir)

@@ -68,7 +68,7 @@ from pipeline.gan.models import (
     save_generator,
     spec_from_config,
 )
-from pipeline.gan.plots import plot_losses, read_stats, save_grid
+from pipeline.gan.plots import make_grid, plot_losses, read_stats, save_grid, to_uint8_nhwc
 from pipeline.gan.precision import Precision, configure_backends, resolve_precision
 from pipeline.gan.state import TrainState
 from pipeline.gan.steps import (
@@ -450,7 +450,11 @@ def tick_upkeep(run: Run, state: TrainState, reader: BatchReader, log: TickLog,
     if run.dist.is_main:
         _log_tick(run, state, log, row)
         if done or _crossed(kimg_before, state.images_seen, cfg.snapshot_kimg):
-            save_grid(row.pop("_fakes"), run.run_dir / f"fakes{state.images_seen // 1000:06d}.png")
+            fakes = row.pop("_fakes")
+            save_grid(fakes, run.run_dir / f"fakes{state.images_seen // 1000:06d}.png")
+            if log.writer is not None:  # the same grid where people look: TensorBoard's images
+                log.writer.add_image("samples/fixed_noise", make_grid(to_uint8_nhwc(fakes)),
+                                     state.images_seen, dataformats="HWC")
     if run.scorer is not None and (done or _crossed(kimg_before, state.images_seen,
                                                     cfg.eval_kimg)):
         _evaluate(run, state, log)  # rank 0; before the checkpoint, which records the best

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from pipeline.scoring.metrics import read_precision_recall
+
 HISTORY_COLUMNS = ["time", "generate_fingerprint", "fid", "kid_mean", "precision", "recall",
                    "mifid", "n_generated", "n_reference", "weights_sha256"]
 
@@ -44,6 +46,8 @@ def format_table(score: dict[str, Any]) -> str:
         ("KID", kid),
         ("precision", _fmt(score.get("precision"), 3)),
         ("recall", _fmt(score.get("recall"), 3)),
+        ("reading", read_precision_recall(score["precision"], score["recall"])
+         if score.get("precision") is not None and score.get("recall") is not None else "-"),
         ("MiFID", _fmt(score.get("mifid"), 2)),
         ("N generated", _fmt(score.get("n_generated"), 0)),
         ("N reference", _fmt(score.get("n_reference"), 0)),

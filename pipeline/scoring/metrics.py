@@ -148,6 +148,22 @@ def coverage_fraction(queries: np.ndarray, manifold: np.ndarray, radii: np.ndarr
     return inside / len(q)
 
 
+PR_HIGH = 0.5  # at or above: "high" in the reading below (the k-NN manifolds' usual scale)
+
+
+def read_precision_recall(precision: float, recall: float) -> str:
+    """Precision and recall in words, as seed 000 teaches them: precision says whether samples
+    look real, recall whether they cover the real data's variety."""
+    high_p, high_r = precision >= PR_HIGH, recall >= PR_HIGH
+    if high_p and not high_r:
+        return "realistic but not varied: mode collapse (the samples cover few kinds of image)"
+    if high_r and not high_p:
+        return "varied but not realistic: noisy, poor images across the data's range"
+    if high_p and high_r:
+        return "realistic and varied: close to the real images on both counts"
+    return "neither realistic nor varied yet: samples far from the real images (train longer)"
+
+
 def precision_recall(
     generated: np.ndarray, reference: np.ndarray, k: int = 3
 ) -> tuple[float, float]:
