@@ -42,11 +42,12 @@ from pipeline.scoring.snapshots import SnapshotScorer  # noqa: E402
 
 # Each family's recipe as a contestant would set it on two CPU cores: the paper's loss, tricks
 # and optimiser, at a width this machine can train. eval_kimg aims at about four evaluations.
+# Every key params.yaml sets under train: is set here too, so an entry is its recipe alone.
 RECIPES: dict[str, list[str]] = {
-    "dcgan-ralsgan": [  # params.yaml: seed 004's recipe at a quarter width
+    "dcgan-ralsgan": [  # the former params.yaml: seed 004's recipe at a quarter width
         "train.model=dcgan", "train.loss=ralsgan", "train.width=0.25", "train.batch_size=64",
         "train.lr_g=0.0008", "train.lr_d=0.0008", "train.real_label=0.8", "train.ema_kimg=2",
-        "train.eval_kimg=20",
+        "train.eval_kimg=20", 'train.diffaugment=""',
     ],
     "dcgan-diffaug": [  # the same network with DiffAugment and the DiffAugment paper's lr
         "train.model=dcgan", "train.loss=ralsgan", "train.width=0.25", "train.batch_size=64",
@@ -68,7 +69,7 @@ RECIPES: dict[str, list[str]] = {
         "train.model=r3gan", "train.loss=rpgan", "train.width=0.125", "train.batch_size=32",
         "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.0", "train.beta2=0.99",
         "train.r1_gamma=0.05", "train.r2_gamma=0.05", "train.reg_interval=1",
-        "train.ema_kimg=2", "train.eval_kimg=3",
+        "train.ema_kimg=2", "train.eval_kimg=3", 'train.diffaugment=""',
     ],
 }
 DATA_STAGES = ("raw", "crop", "clean", "pack", "cache")  # folders shared by every entry

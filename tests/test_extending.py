@@ -152,7 +152,7 @@ def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _train(root: Path) -> subprocess.CompletedProcess:
     data = ["--set", f"fetch.source=dir:{root / 'images'}", "--set", "crop.method=none",
-            "--set", f"pad.size={SIDE}", "--set", "pad.dedupe=false"]
+            "--set", f"pad.size={SIDE}", "--set", "augment.size=0", "--set", "pad.dedupe=false"]
     return _run(root, "-m", "pipeline", "run", "train", "--root", str(root),
                 "--params", str(root / "params.yaml"), *data, *TRAIN, "--quiet")
 
