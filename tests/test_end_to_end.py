@@ -285,8 +285,21 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
     assert leftovers == []
 
 
+def _pids_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
-    """`make train GPUS=2`: torchrun starts two Gloo ranks on the CPU; killed after its first
+    """`make train GPUS=2`: torchrun starts two Gloo ranks on the CPU; stopped after its first
     checkpoint, the same command resumes and finishes; rank 0 alone exports and logs."""
     (tmp_path / "params.yaml").write_text(TINY.replace("kimg: 0.4", "kimg: 0.8"))
     command = ["make", "train", "GPUS=2", f"PARAMS={tmp_path / 'params.yaml'}",
@@ -300,8 +313,14 @@ def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
     while not _checkpoints(tmp_path) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, "training ended before its first checkpoint"
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    # SIGTERM, as `kill` or a job scheduler sends it: torchrun passes it on to its workers,
+    # which run in sessions of their own (a SIGKILL of make's group would orphan them).
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=120)
+    deadline = time.time() + 60  # the workers' exit, after the agent's
+    while _pids_mentioning(str(tmp_path)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _pids_mentioning(str(tmp_path)), "a torchrun worker outlived the stop"
     assert not (tmp_path / "data/train/manifest.json").exists()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
