@@ -127,7 +127,7 @@ def run_entry(name: str, base: Path, args: argparse.Namespace) -> dict:
     generated = json.loads((project / "data/generated/manifest.json").read_text())
     evals = [json.loads(line) for line in (project / "data/train/eval.jsonl").read_text()
              .splitlines()] if (project / "data/train/eval.jsonl").exists() else []
-    save_samples(project, args.out / f"tournament-{args.size}px-{name}.png")
+    save_samples(project, args.out / f"tournament-{args.size}px-{project.name}.png")
     return {"size": args.size, "train_size": args.train_size, "minutes": args.minutes,
             "n": args.n, "entry": name, "recipe": RECIPES[name], "extra": args.set,
             "kimg": train["counts"]["kimg"],
