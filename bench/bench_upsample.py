@@ -35,7 +35,7 @@ def round_trip(path: Path, low: int) -> Image.Image:
         image = im.convert("RGB")
         side = image.size[0]
         small = image.resize((low, low), Image.Resampling.BOX)
-    x = torch.from_numpy(np.asarray(small)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None].float()  # (1, 3, low, low)
     x = x / 127.5 - 1
     up = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     pixels = up[0].permute(1, 2, 0).mul(127.5).add(127.5).round().byte().numpy()
