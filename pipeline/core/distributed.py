@@ -41,6 +41,16 @@ class Dist:
         return self.rank == 0
 
 
+def group_running() -> bool:
+    """True inside a joined process group of more than one rank.
+
+    For the few places that are called deep inside a network's forward pass (a loss, a
+    BatchNorm layer) and cannot be handed a `Dist`.
+    """
+    return torch_dist.is_available() and torch_dist.is_initialized() and (
+        torch_dist.get_world_size() > 1)
+
+
 def env_dist() -> Dist:
     """Read torchrun's variables without joining anything (rank 0 of 1 when they are absent)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:

@@ -11,14 +11,10 @@ ranks, their gradients flowing back to every rank's own activations.
 from __future__ import annotations
 
 import torch
-import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.distributed.nn.functional import all_reduce
 
-
-def _distributed() -> bool:
-    return torch_dist.is_available() and torch_dist.is_initialized() and (
-        torch_dist.get_world_size() > 1)
+from pipeline.core.distributed import group_running
 
 
 class AllReduceBatchNorm2d(nn.BatchNorm2d):
@@ -30,7 +26,7 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and _distributed()):
+        if not (self.training and group_running()):
             return super().forward(x)
         channels = x.shape[1]
         x32 = x.float()

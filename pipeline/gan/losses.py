@@ -27,10 +27,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import torch
-import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pipeline.core.distributed import group_running
 from pipeline.core.errors import UserError
 
 
@@ -82,8 +82,7 @@ def batch_mean(logits: Tensor) -> Tensor:
     gathered with the autograd-aware all_gather of torch.distributed.nn, so a relativistic loss
     compares with the mean one process on the whole batch would (gradients flow back to every
     rank's own logits). Plain mean in one process."""
-    if torch_dist.is_available() and torch_dist.is_initialized() and (
-            torch_dist.get_world_size() > 1):
+    if group_running():
         from torch.distributed.nn.functional import all_gather
 
         return torch.cat(all_gather(logits.contiguous())).mean()
