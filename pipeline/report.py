@@ -29,7 +29,7 @@ from pipeline.core.runner import Graph, swap_into_place
 from pipeline.gan.plots import make_grid, read_stats
 from pipeline.ingest.decisions import count_by_reason, read_decisions, rejected
 from pipeline.ingest.images import composite, load_image
-from pipeline.scoring.metrics import read_precision_recall
+from pipeline.scoring.history import precision_recall_reading
 
 MAKE_TARGETS = {"score": "fid"}  # stage -> make target, where they differ
 THUMB = 72  # thumbnail side in pixels (longer side)
@@ -505,12 +505,6 @@ def samples_section(page: Page) -> str:
     return _section("samples", "Samples", "\n".join(b for b in body if b))
 
 
-def _pr_reading(score: dict[str, Any]) -> str:
-    if score.get("precision") is None or score.get("recall") is None:
-        return "-"
-    return read_precision_recall(float(score["precision"]), float(score["recall"]))
-
-
 def _score_rows(score: dict[str, Any]) -> list[list[str]]:
     """(metric, value) rows for people, in the order a contestant reads them."""
     kid = _fmt(score.get("kid_mean"), 4)
@@ -523,7 +517,8 @@ def _score_rows(score: dict[str, Any]) -> list[list[str]]:
     return [["FID", _fmt(score.get("fid"))], ["KID", kid],
             ["precision", _fmt(score.get("precision"), 3)],
             ["recall", _fmt(score.get("recall"), 3)],
-            ["precision and recall read", _pr_reading(score)], ["MiFID", _fmt(score.get("mifid"))],
+            ["precision and recall read", precision_recall_reading(score)],
+            ["MiFID", _fmt(score.get("mifid"))],
             ["images scored", scored], ["reference images", _fmt(score.get("n_reference"))],
             ["Inception weights", weights], ["device", _fmt(score.get("device"))]]
 

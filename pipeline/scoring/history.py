@@ -36,6 +36,13 @@ def _fmt(value: Any, digits: int) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def precision_recall_reading(score: dict[str, Any]) -> str:
+    """A score's precision and recall in words, or "-" when it lacks them (older scores)."""
+    if score.get("precision") is None or score.get("recall") is None:
+        return "-"
+    return read_precision_recall(float(score["precision"]), float(score["recall"]))
+
+
 def format_table(score: dict[str, Any]) -> str:
     """A small aligned table: FID, KID, precision, recall, MiFID, N, weights."""
     kid = _fmt(score.get("kid_mean"), 4)
@@ -46,8 +53,7 @@ def format_table(score: dict[str, Any]) -> str:
         ("KID", kid),
         ("precision", _fmt(score.get("precision"), 3)),
         ("recall", _fmt(score.get("recall"), 3)),
-        ("reading", read_precision_recall(score["precision"], score["recall"])
-         if score.get("precision") is not None and score.get("recall") is not None else "-"),
+        ("reading", precision_recall_reading(score)),
         ("MiFID", _fmt(score.get("mifid"), 2)),
         ("N generated", _fmt(score.get("n_generated"), 0)),
         ("N reference", _fmt(score.get("n_reference"), 0)),
