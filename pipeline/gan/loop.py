@@ -260,9 +260,11 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     if info.count < 1:
         raise UserError(f"the training pack {pack_dir} is empty; check the augment stage")
     spec = spec_from_config(cfg, info.size, info.channels, info.output_size)
-    # The precision this run folder started with, if any; every rank takes rank 0's choice.
+    # The precision this run folder started with, if any. Rank 0 alone chooses (and probes,
+    # for amp=auto on a CPU); the other ranks take its choice.
     batch = local_batch_size(cfg.batch_size, dist)
-    chosen = str(resolve_precision(cfg, device, spec, batch, _recorded_amp(run_dir)).dtype)
+    chosen = str(resolve_precision(cfg, device, spec, batch, _recorded_amp(run_dir)).dtype) if (
+        dist.is_main) else None
     precision = resolve_precision(cfg, device, spec, batch, broadcast_object(chosen, dist))
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
