@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from pipeline.core.config import TrainConfig  # noqa: E402
 from pipeline.gan.plots import make_grid  # noqa: E402
 from pipeline.scoring.snapshots import SnapshotScorer  # noqa: E402
 
@@ -100,8 +101,11 @@ def prepare_base(base: Path, args: argparse.Namespace) -> None:
     """fetch -> crop -> pad -> augment once for this size, plus the reference statistics."""
     base.mkdir(parents=True, exist_ok=True)
     pipeline("augment", base, common_settings(args) + RECIPES["dcgan-ralsgan"])
-    # Reference statistics of data/clean into the shared cache, so no entry pays for them.
-    SnapshotScorer(base / "data/clean", base / "data/cache", 10, 8, torch.device("cpu"))
+    # Reference statistics of data/clean into the shared cache, so no entry pays for them:
+    # all of it (the final score) and the evaluations' spread sample (train.eval_reference_n).
+    for reference_n in (0, TrainConfig().eval_reference_n):
+        SnapshotScorer(base / "data/clean", base / "data/cache", 10, 8, torch.device("cpu"),
+                       reference_n=reference_n)
 
 
 def entry_project(base: Path, project: Path) -> None:

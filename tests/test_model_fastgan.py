@@ -162,3 +162,19 @@ def test_registry_builds_it_and_names_the_allowed_sizes() -> None:
         build_generator(ModelSpec(name="fastgan", size=48, channels=3, nz=32))
     with pytest.raises(UserError, match="d_head 'patch'"):
         build_discriminator(ModelSpec(name="fastgan", size=64, channels=3, nz=32, d_head="patch"))
+
+
+def test_recon_size_sets_the_decoders_output_sides() -> None:
+    """0: the paper's min(size, 128) and min(size/2, 128); r: both at most r."""
+    from pipeline.gan.models.fastgan import reconstruction_sides
+
+    assert reconstruction_sides(64) == (64, 32) and reconstruction_sides(256) == (128, 128)
+    assert reconstruction_sides(64, 16) == (16, 16) and reconstruction_sides(64, 32) == (32, 32)
+    torch.manual_seed(0)
+    discriminator = Discriminator(64, 3, WIDTH, recon_size=16)
+    features = torch.randn(2, discriminator.decode_whole[0][1].in_channels, 8, 8)
+    assert discriminator.decode_whole(features).shape == (2, 3, 16, 16)
+    _, recon = discriminator(torch.rand(2, 3, 64, 64) * 2 - 1, aux=True)
+    assert torch.isfinite(recon) and recon.item() > 0
+    with pytest.raises(UserError, match="recon_size must be 0 or one of 16, 32, 64"):
+        build_discriminator(ModelSpec(name="fastgan", size=64, channels=3, nz=16, recon_size=24))

@@ -28,33 +28,64 @@ def test_the_probe_times_the_real_networks_and_leaves_the_rng_alone() -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    speedup = precision.cpu_bf16_speedup(SPEC, 4)
-    assert speedup > 0 and torch.equal(torch.rand(3), expected)  # training's RNG untouched
+    seconds = precision.cpu_step_seconds(SPEC, 4, (None, torch.bfloat16))
+    assert set(seconds) == {(d, cl) for d in (None, torch.bfloat16) for cl in (True, False)}
+    assert min(seconds.values()) > 0 and torch.equal(torch.rand(3), expected)  # RNG untouched
     fastgan = ModelSpec(name="fastgan", size=32, channels=3, nz=16, width=1 / 16)
-    assert precision.cpu_bf16_speedup(fastgan, 2) > 0  # the auxiliary-loss path runs too
+    assert min(precision.cpu_step_seconds(fastgan, 2, (None,)).values()) > 0  # aux loss path
+    # The MLP has no convolutions: one layout only.
+    mlp = ModelSpec(name="mlp", size=8, channels=1, nz=4)
+    assert set(precision.cpu_step_seconds(mlp, 2, (None,))) == {(None, False)}
+
+
+def test_the_choice_from_a_probe() -> None:
+    """bf16 needs BF16_MIN_SPEEDUP over fp32, each in its faster layout; then the faster layout.
+    Timings written by hand: what a Zen 4 (bf16 wins, NCHW for it) and an AVX2 CPU would give."""
+    fp32, bf16 = None, torch.bfloat16
+    zen4 = {(fp32, True): 1.0, (fp32, False): 1.4, (bf16, True): 0.9, (bf16, False): 0.8}
+    assert precision.fastest_on_cpu(zen4, auto=True) == (bf16, False)  # 1.0 / 0.8 = 1.25
+    close = {**zen4, (bf16, False): 0.95}  # 1.0 / 0.9 = 1.11 >= 1.1: bf16, NHWC
+    assert precision.fastest_on_cpu(close, auto=True) == (bf16, True)
+    noise = {**zen4, (bf16, True): 0.95, (bf16, False): 0.93}  # 1.0 / 0.93 = 1.08: fp32
+    assert precision.fastest_on_cpu(noise, auto=True) == (fp32, True)
+    avx2 = {(fp32, True): 1.0, (fp32, False): 0.7}
+    assert precision.fastest_on_cpu(avx2, auto=True) == (fp32, False)
+    assert precision.fastest_on_cpu({(bf16, True): 1.0, (bf16, False): 2.0}, auto=False) == (
+        bf16, True)
 
 
 def test_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto: fp32 without native bf16 (no probe at all), bf16 only when the probe says faster.
-    The CPU flags and the probe's verdict are mocked: this machine has one CPU, not both."""
+    """auto: fp32 without native bf16 (bf16 not even timed), bf16 only when the probe says
+    faster. The CPU flags and the probe's timings are mocked: this machine has one CPU."""
+    probed: list[tuple] = []
+
+    def timings(spec: ModelSpec, batch: int, dtypes: tuple) -> dict:
+        probed.append(dtypes)
+        table = {(None, True): 1.0, (None, False): 2.0, (torch.bfloat16, True): 0.5,
+                 (torch.bfloat16, False): 0.6}
+        return {key: t for key, t in table.items() if key[0] in dtypes}
+
+    monkeypatch.setattr(precision, "cpu_step_seconds", timings)
     auto = TrainConfig(amp="auto")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a: pytest.fail("probed"))
-    assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is None
+    assert precision.resolve_precision(auto, CPU, SPEC, 4) == precision.Precision(CPU, None, True)
+    assert probed[-1] == (None,)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    for speedup, dtype in ((1.3, torch.bfloat16), (1.05, None), (0.8, None)):
-        monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a, s=speedup: s)
-        assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is dtype
-    # Explicit settings are obeyed as written.
+    assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is torch.bfloat16
+    assert probed[-1] == (None, torch.bfloat16)
+    # Explicit settings are obeyed as written; only the layout is probed.
     assert precision.resolve_precision(TrainConfig(amp="off"), CPU, SPEC, 4).dtype is None
+    assert probed[-1] == (None,)
     assert precision.resolve_precision(TrainConfig(amp="bf16"), CPU, SPEC, 4).dtype is (
         torch.bfloat16)
 
 
 def test_a_resumed_auto_run_keeps_the_precision_it_started_with(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda *a: pytest.fail("probed"))
+    monkeypatch.setattr(precision, "cpu_step_seconds", lambda *a: pytest.fail("probed"))
     auto = TrainConfig(amp="auto")
-    assert precision.resolve_precision(auto, CPU, SPEC, 4, "torch.bfloat16").dtype is (
-        torch.bfloat16)
-    assert precision.resolve_precision(auto, CPU, SPEC, 4, "None").dtype is None
+    kept = precision.resolve_precision(
+        auto, CPU, SPEC, 4, {"amp": "torch.bfloat16", "channels_last": False})
+    assert kept.dtype is torch.bfloat16 and not kept.channels_last
+    kept = precision.resolve_precision(auto, CPU, SPEC, 4, {"amp": "None", "channels_last": True})
+    assert kept.dtype is None and kept.channels_last

@@ -20,7 +20,7 @@ from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.loop import train
 from pipeline.gan.models import load_generator
 from pipeline.ingest import pack
-from pipeline.scoring import inception
+from pipeline.scoring import fid, inception
 from pipeline.scoring.snapshots import SnapshotScorer
 
 EVAL = TrainConfig(model="dcgan", loss="ralsgan", kimg=0.128, batch_size=16, width=0.125,
@@ -96,3 +96,14 @@ def test_scorer_is_deterministic_and_ranks_a_copy_machine_first(project: Path, e
 
     copies = scorer.score(Copier())
     assert copies.kid < first.kid and copies.fid < first.fid
+
+
+def test_evaluations_compare_with_a_spread_sample_of_the_reference(project: Path) -> None:
+    """train.eval_reference_n: that many reference images, spread over the folder by name."""
+    scorer = SnapshotScorer(project / "clean", project / "cache", 20, 16, torch.device("cpu"),
+                            reference_n=16)
+    assert scorer.reference.n == 16 and scorer.reference.features.shape == (16, 2048)
+    files = sorted((project / "clean").iterdir())
+    assert fid.evenly_spaced(files, 16) == files[::4]  # 64 images: every fourth
+    assert fid.evenly_spaced(files, 0) == files == fid.evenly_spaced(files, 100)
+    assert [p.name for p in fid.evenly_spaced(files[:10], 3)] == ["000.png", "003.png", "006.png"]

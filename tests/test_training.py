@@ -176,6 +176,7 @@ def test_bf16_autocast_on_cpu(pack_dir: Path, tmp_path: Path) -> None:
     assert all(np.isfinite(v) for v in report.final_losses.values())
     options = json.loads((tmp_path / "run/training_options.json").read_text())
     assert options["amp"] == "torch.bfloat16"
+    assert isinstance(options["channels_last"], bool)  # the layout the probe chose, kept
 
 
 @pytest.mark.parametrize("loss", ["ralsgan", "wgan-gp", "hinge"])

@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool = False,
             if reference is None or cache_dir is None:
                 raise UserError("train.eval_kimg needs a reference folder (data/clean)")
             run.scorer = SnapshotScorer(Path(reference), Path(cache_dir), cfg.eval_n, cfg.nz,
-                                        run.device)
+                                        run.device, reference_n=cfg.eval_reference_n)
         return _train(run)
     finally:
         if owns_group:
@@ -260,11 +260,13 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     if info.count < 1:
         raise UserError(f"the training pack {pack_dir} is empty; check the augment stage")
     spec = spec_from_config(cfg, info.size, info.channels, info.output_size)
-    # The precision this run folder started with, if any. Rank 0 alone chooses (and probes,
-    # for amp=auto on a CPU); the other ranks take its choice.
+    # The precision and layout this run folder started with, if any. Rank 0 alone chooses (and
+    # probes, on a CPU); the other ranks take its choice.
     batch = local_batch_size(cfg.batch_size, dist)
-    chosen = str(resolve_precision(cfg, device, spec, batch, _recorded_amp(run_dir)).dtype) if (
-        dist.is_main) else None
+    chosen = None
+    if dist.is_main:
+        mine = resolve_precision(cfg, device, spec, batch, _recorded_precision(run_dir))
+        chosen = {"amp": str(mine.dtype), "channels_last": mine.channels_last}
     precision = resolve_precision(cfg, device, spec, batch, broadcast_object(chosen, dist))
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
@@ -278,11 +280,13 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
                real_diversity=_real_diversity(images, cfg.seed))
 
 
-def _recorded_amp(run_dir: Path) -> str | None:
-    """The autocast dtype an earlier start of this run folder used (training_options.json)."""
+def _recorded_precision(run_dir: Path) -> dict | None:
+    """The autocast dtype and layout an earlier start of this run folder used
+    (training_options.json: {"amp": ..., "channels_last": ...}), or None."""
     try:
-        return str(json.loads((run_dir / "training_options.json").read_text())["amp"])
-    except (OSError, ValueError, KeyError):
+        options = json.loads((run_dir / "training_options.json").read_text())
+        return {key: options[key] for key in ("amp", "channels_last") if key in options}
+    except (OSError, ValueError, TypeError):
         return None
 
 
@@ -319,7 +323,8 @@ def _open_run_folder(run: Run, state: TrainState, resumed: bool) -> TickLog:
         # Resolved settings first, so a crashed run still says how it was started.
         run.run_dir.mkdir(parents=True, exist_ok=True)
         options = {"config": asdict(cfg), "spec": asdict(run.spec), "device": str(run.device),
-                   "amp": str(run.precision.dtype), "world_size": dist.world_size,
+                   "amp": str(run.precision.dtype),
+                   "channels_last": run.precision.channels_last, "world_size": dist.world_size,
                    "per_rank_batch": run.batch, "images": len(run.images),
                    "resumed_from_kimg": _kimg(state.images_seen)}
         ckpt.atomic_write_text(run.run_dir / "training_options.json",

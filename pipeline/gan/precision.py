@@ -50,67 +50,96 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def cpu_bf16_speedup(spec: ModelSpec, batch: int, repeats: int = 4) -> float:
-    """fp32 time / bf16-autocast time of one training-like step of this very spec and batch:
-    G forward, D forward (with its auxiliary loss when the family has one), backward.
+def cpu_step_seconds(spec: ModelSpec, batch: int, dtypes: tuple[torch.dtype | None, ...],
+                     repeats: int = 4) -> dict[tuple[torch.dtype | None, bool], float]:
+    """Seconds of one training-like step of this very spec and batch (G forward, D forward
+    with its auxiliary loss when the family has one, backward) for each autocast dtype in
+    `dtypes` and each memory layout (channels_last True / False; False only for a family
+    without convolutions), the best of `repeats` after a warm-up.
 
-    The networks' own mix of layers decides it: on two quiet Zen 4 cores (AVX-512-BF16) a lone
-    3x3 convolution gains 1.15-1.8x with its shape, while whole steps at 64 px gain 1.2x
-    (FastGAN, width 1/8, batch 16), 1.6x (DCGAN, 1/4, 64) and 2.4x (R3GAN, 1/8, 32). Timings on
-    a busy machine are noise: hence the margin BF16_MIN_SPEEDUP, and a run keeps its first
-    choice. Fresh networks on a forked RNG leave the global random state as it was.
+    The networks' own mix of layers decides, and no rule of thumb does: on two quiet Zen 4
+    cores (AVX-512-BF16) bf16 gains 1.2x (FastGAN, width 1/8, batch 16, 64 px), 1.6x (DCGAN)
+    and 2.4x (R3GAN) per step; NHWC is 1.45x faster than NCHW for DCGAN and 1.6x for R3GAN in
+    fp32, yet 1.24x slower for FastGAN in bf16. Fresh networks on a forked RNG leave the global
+    random state as it was.
     """
     family = get_model(spec.name)
+    layouts = (True, False) if family.channels_last else (False,)
+    seconds: dict[tuple[torch.dtype | None, bool], float] = {}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        layout = torch.channels_last if family.channels_last else torch.contiguous_format
-        G = build_generator(spec).to(memory_format=layout)
-        D = build_discriminator(spec).to(memory_format=layout)
-        z = torch.randn(batch, spec.nz)
+        for channels_last in layouts:
+            torch.manual_seed(0)
+            layout = torch.channels_last if channels_last else torch.contiguous_format
+            G = build_generator(spec).to(memory_format=layout)
+            D = build_discriminator(spec).to(memory_format=layout)
+            z = torch.randn(batch, spec.nz)
+            for dtype in dtypes:
+                times = []
+                for _ in range(repeats + 1):  # the first is a warm-up
+                    start = time.perf_counter()
+                    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+                        out = D(G(z), aux=True) if family.d_aux_loss else D(G(z))
+                        logits, extra = out if family.d_aux_loss else (out, 0.0)
+                        loss = logits.float().mean() + extra
+                    loss.backward()
+                    times.append(time.perf_counter() - start)
+                seconds[(dtype, channels_last)] = min(times[1:])
+    return seconds
 
-        def step_seconds(dtype: torch.dtype | None) -> float:
-            times = []
-            for _ in range(repeats + 1):  # the first is a warm-up
-                start = time.perf_counter()
-                with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                    out = D(G(z), aux=True) if family.d_aux_loss else D(G(z))
-                    logits, extra = out if family.d_aux_loss else (out, 0.0)
-                    loss = logits.float().mean() + extra
-                loss.backward()
-                times.append(time.perf_counter() - start)
-            return min(times[1:])
 
-        return step_seconds(None) / step_seconds(torch.bfloat16)
+def fastest_on_cpu(seconds: dict[tuple[torch.dtype | None, bool], float], auto: bool
+                   ) -> tuple[torch.dtype | None, bool]:
+    """(dtype, channels_last) from a probe's timings. With `auto`, bf16 only when its faster
+    layout beats fp32's faster layout by BF16_MIN_SPEEDUP (timings on a busy machine are noise;
+    a run also keeps its first choice); otherwise the probe's one dtype. Then the faster layout
+    for that dtype."""
+    def best(dtype: torch.dtype | None) -> float:
+        return min(t for (d, _), t in seconds.items() if d is dtype)
 
-
-def auto_cpu_dtype(spec: ModelSpec, batch: int) -> torch.dtype | None:
-    """bf16 on a CPU that has it natively and runs this spec faster with it, else fp32 (None)."""
-    if cpu_has_native_bf16() and cpu_bf16_speedup(spec, batch) >= BF16_MIN_SPEEDUP:
-        return torch.bfloat16
-    return None
+    dtypes = {d for d, _ in seconds}
+    dtype = next(iter(dtypes))
+    if auto:
+        bf16_wins = (torch.bfloat16 in dtypes
+                     and best(None) >= BF16_MIN_SPEEDUP * best(torch.bfloat16))
+        dtype = torch.bfloat16 if bf16_wins else None
+    layout = min((key for key in seconds if key[0] is dtype), key=seconds.__getitem__)[1]
+    return dtype, layout
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device, spec: ModelSpec, batch: int,
-                      recorded: str | None = None) -> Precision:
-    """cfg.amp -> autocast dtype. auto: bf16 on CUDA when supported, fp16 otherwise; on a CPU,
-    bf16 where it is native and measured faster (auto_cpu_dtype), else fp32.
+                      recorded: dict | None = None) -> Precision:
+    """cfg.amp -> autocast dtype, and the memory layout.
 
-    `recorded` is the dtype a run folder says it started with ("torch.bfloat16", "None"): a
-    resumed auto run keeps it, so a noisy probe cannot switch precision halfway through a run.
+    amp auto: bf16 on CUDA when supported, fp16 otherwise; on a CPU, bf16 where it is native
+    (cpu_has_native_bf16) and a probe of the run's own networks finds it faster, else fp32.
+    Layout: NHWC on CUDA for convolutional families (tensor cores); on a CPU the layout the
+    probe finds faster for the chosen dtype.
+
+    `recorded` holds what a run folder says it started with ({"amp": "torch.bfloat16",
+    "channels_last": false}): a resumed run keeps it, so a noisy probe cannot switch precision
+    or layout halfway through a run.
     """
-    cuda = device.type == "cuda"
-    if cfg.amp == "auto":
-        if cuda:
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif recorded in DTYPES:
-            dtype = DTYPES[recorded]
+    recorded = recorded or {}
+    family = get_model(cfg.model)
+    explicit = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if device.type == "cuda":
+        dtype = explicit.get(cfg.amp, torch.bfloat16 if torch.cuda.is_bf16_supported()
+                             else torch.float16)
+        return Precision(device=device, dtype=dtype, channels_last=family.channels_last)
+    auto = cfg.amp == "auto"
+    known_dtype = recorded.get("amp") in DTYPES if auto else True
+    known_layout = isinstance(recorded.get("channels_last"), bool) or not family.channels_last
+    dtype = (DTYPES[recorded["amp"]] if auto else explicit[cfg.amp]) if known_dtype else None
+    channels_last = recorded.get("channels_last", False) if known_layout else False
+    if not (known_dtype and known_layout):
+        if known_dtype:
+            candidates: tuple[torch.dtype | None, ...] = (dtype,)
         else:
-            dtype = auto_cpu_dtype(spec, batch)
-    else:
-        dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
-    # NHWC convolutions are faster on CPUs too (DCGAN-128 loop 1.9x, StyleGAN2 1.35x here);
-    # a family without convolutions (the MLP) says so and gains nothing from it.
-    channels_last = get_model(cfg.model).channels_last
+            candidates = (None, torch.bfloat16) if cpu_has_native_bf16() else (None,)
+        probed_dtype, probed_layout = fastest_on_cpu(
+            cpu_step_seconds(spec, batch, candidates), auto=not known_dtype)
+        dtype = dtype if known_dtype else probed_dtype
+        channels_last = channels_last if known_layout else probed_layout
     return Precision(device=device, dtype=dtype, channels_last=channels_last)
 
 

@@ -68,6 +68,17 @@ def list_images(folder: Path, n: int = 0) -> list[Path]:
     return files[:n] if n > 0 else files
 
 
+def evenly_spaced(files: Sequence[Path], n: int) -> list[Path]:
+    """`n` of `files` spread evenly over the list (all of them if n is 0 or too large).
+
+    A sample that covers the whole sorted folder: the first n by name would be one corner of
+    it (the emoji sort by code point, so the first thousand are mostly symbols and faces).
+    """
+    if n <= 0 or n >= len(files):
+        return list(files)
+    return [files[i * len(files) // n] for i in range(n)]
+
+
 def files_digest(files: Sequence[Path]) -> str:
     """sha256 over each file's name and bytes, in list order: a content fingerprint of a set."""
     digest = hashlib.sha256()
@@ -343,18 +354,21 @@ def load_reference(
     device: str | torch.device = "cpu",
     workers: int = 0,
     quiet: bool = False,
+    spread: bool = False,
 ) -> ReferenceStats:
     """Reference statistics (and features) from a folder, cached; or a bare .npz as given.
 
-    The cache key hashes the reference files' names and bytes (the first `reference_n` by name,
-    0 = all), the weights' content hash and the preprocessing name.
+    `reference_n` images (0 = all): the first by name, or with `spread` evenly spaced by name.
+    The cache key hashes those files' names and bytes, the weights' content hash and the
+    preprocessing name.
     """
     if reference.suffix == ".npz":
         if not reference.is_file():
             raise UserError(f"reference statistics {reference} not found; fix score.reference.")
         mu, sigma, n = _load_npz_stats(reference)
         return ReferenceStats(mu, sigma, n, reference, None)  # no features: FID only
-    files = list_images(reference, reference_n)
+    files = (evenly_spaced(list_images(reference), reference_n) if spread
+             else list_images(reference, reference_n))
     if not files:
         raise UserError(
             f"no images in the reference folder {reference}; run the pad stage first "

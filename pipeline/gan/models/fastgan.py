@@ -27,7 +27,7 @@ Differences from the reference, all deliberate:
   decoder) and its logit map is averaged to one logit per image (the "global" head).
 - The reconstruction loss is MSE (the paper: LPIPS, whose weights cannot be downloaded here)
   against the image area-downsampled to the decoder's side: min(size, 128) for the whole image,
-  min(size / 2, 128) for the quarter.
+  min(size / 2, 128) for the quarter, or both at most `recon_size` (reconstruction_sides).
 
 Channels at an r x r map are the paper's table times 64 (ngf = ndf = 64) times `width`, at least
 MIN_CHANNELS; every conv before a GLU outputs twice that (GLU halves channels).
@@ -59,6 +59,26 @@ def check_size(size: int) -> None:
     """Raise ValueError unless `size` is one of SIZES (the registry turns it into a UserError)."""
     if size not in SIZES:
         raise ValueError(f"fastgan needs an image side of {', '.join(map(str, SIZES))}, not {size}")
+
+
+def reconstruction_sides(size: int, recon_size: int = 0) -> tuple[int, int]:
+    """Sides (px) of D's rebuilt whole image and rebuilt quarter.
+
+    The paper decodes both at 128 px whatever the image side (1/8 and 1/4 of a 1024 image,
+    1/2 and 1/1 of a 256 one); 0 keeps that rule, min(size, 128) and min(size / 2, 128).
+    `recon_size` r sets both to at most r: the decoders' largest maps are most of their cost.
+    """
+    if recon_size == 0:
+        return min(size, DECODER_MAX), min(size // 2, DECODER_MAX)
+    return min(size, recon_size), min(size // 2, recon_size)
+
+
+def check_recon_size(size: int, recon_size: int) -> None:
+    """Raise ValueError unless recon_size is 0 or a power of two from 16 to size."""
+    allowed = resolutions(16, size) if size >= 16 else []
+    if recon_size and recon_size not in allowed:
+        raise ValueError(f"fastgan's recon_size must be 0 or one of "
+                         f"{', '.join(map(str, allowed))} at size {size}, not {recon_size}")
 
 
 def channels_at(table: dict[int, float], resolution: int, width: float) -> int:
@@ -236,9 +256,11 @@ class Discriminator(nn.Module):
     """images (N, C, size, size) in [-1, 1] -> raw logits (N,); with aux, also the
     reconstruction loss (a scalar to add to D's loss on reals)."""
 
-    def __init__(self, size: int, channels: int, width: float = 1.0) -> None:
+    def __init__(self, size: int, channels: int, width: float = 1.0, recon_size: int = 0
+                 ) -> None:
         super().__init__()
         check_size(size)
+        check_recon_size(size, recon_size)
         self.size = size
         c = {r: channels_at(D_TABLE, r, width) for r in resolutions(4, size)}
         self.stem = nn.Sequential(_conv(channels, c[size], 3, 1, 1, sn=True), nn.LeakyReLU(0.2))
@@ -253,8 +275,9 @@ class Discriminator(nn.Module):
             _conv(c[8], c[4], 1, sn=True), _bn(c[4]), nn.LeakyReLU(0.2),
             _conv(c[4], 1, 4, sn=True),  # (N, 1, 5, 5) from the 8x8 map
         )
-        self.decode_whole = decoder(c[8], c, min(size, DECODER_MAX), channels)
-        self.decode_part = decoder(c[16], c, min(size // 2, DECODER_MAX), channels)
+        whole, part = reconstruction_sides(size, recon_size)
+        self.decode_whole = decoder(c[8], c, whole, channels)
+        self.decode_part = decoder(c[16], c, part, channels)
 
     def features(self, x: Tensor) -> dict[int, Tensor]:
         """D's maps by side: 8 (the last), 16, and the SLE sources."""
@@ -321,9 +344,10 @@ class FastGANFamily(ModelFamily):
 
     def check(self, spec: ModelSpec) -> None:
         check_size(spec.size)
+        check_recon_size(spec.size, spec.recon_size)
 
     def generator(self, spec: ModelSpec) -> nn.Module:
         return Generator(spec.size, spec.channels, spec.nz, spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return Discriminator(spec.size, spec.channels, spec.width)
+        return Discriminator(spec.size, spec.channels, spec.width, spec.recon_size)

@@ -39,6 +39,8 @@ class ModelSpec:
     channel_base: int = 4096  # channels at an r x r map = min(channel_base / r, channel_max)
     channel_max: int = 128  # cap on channels per layer
     style_mixing: float = 0.9  # probability (per training batch) of mixing two latents
+    # FastGAN only: side of D's reconstructions (0 = min(size, 128), the paper's).
+    recon_size: int = 0
     # Side of the delivered images (0 = size). Larger than size when the pack was made smaller
     # than pad.size (augment.size): G trains at `size` and its images are upsampled to this.
     output_size: int = 0
@@ -164,6 +166,7 @@ def spec_from_config(config: TrainConfig, size: int, channels: int,
         channel_base=config.channel_base,
         channel_max=config.channel_max,
         style_mixing=config.style_mixing,
+        recon_size=config.recon_size,
     )
 
 
