@@ -8,25 +8,37 @@
 
 PYTHON ?= python3
 VENV ?= .venv
-PY := $(VENV)/bin/python
+# ENV=system: use $(PYTHON) and the packages already installed (a Kaggle or Colab kernel, a
+# conda env): no .venv, no pip; `check-env` says what is missing. Default: a pinned .venv.
+ENV ?= venv
 PARAMS ?= params.yaml
 SET ?=
 GPUS ?= 1
 NODES ?= 1
 ARGS ?=
-STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+ifeq ($(ENV),system)
+PY := $(PYTHON)
+STAMP := check-env
+else ifeq ($(ENV),venv)
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+else
+$(error ENV is '$(ENV)'; allowed: venv (a pinned .venv, the default) or system (the installed \
+  Python and packages))
+endif
 STAGES := fetch crop pad augment generate package score
 
 # SET and ARGS reach the CLI through the environment, exactly as typed: make's $(value ...) does
 # not expand them and no shell parses them (a quote, a backtick or $5 in a value stays itself).
-PIPELINE_TARGETS := all fid $(STAGES) train status report
+PIPELINE_TARGETS := all fid $(STAGES) train status report export interpolate runs \
+                    submissions
 $(PIPELINE_TARGETS): export PIPELINE_SET = $(value SET)
 $(PIPELINE_TARGETS): export PIPELINE_ARGS = $(value ARGS)
 RUN = $(PY) -m pipeline run --params $(PARAMS)
 
 .DEFAULT_GOAL := help
 .PHONY: help all fid test test-fast $(STAGES) train status ingest-report params readme bench report \
-        lint clean clean-all env
+        lint clean clean-all env check-env export interpolate runs submissions lock
 
 help: ## list every target with one line
 	@grep -hE '^[$$()a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/^[$$](STAGES)/<stage>/' | \
@@ -35,11 +47,18 @@ help: ## list every target with one line
 
 env: $(STAMP) ## create .venv with the pinned dependencies (done by every target)
 
-$(STAMP): pyproject.toml
+ifeq ($(ENV),venv)
+# Every dependency at the version requirements.lock pins (made by pip-tools: `make lock`).
+$(STAMP): pyproject.toml requirements.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $@
+endif
+
+check-env: ## ENV=system: is everything the pipeline imports installed here? (names what is not)
+	@$(PY) -m pipeline.core.environment
 
 all: $(STAMP) ## every stage up to submissions/images.zip (10,000 PNGs, validated)
 	$(RUN) package
@@ -55,9 +74,21 @@ ifeq ($(GPUS)$(NODES),11)
 	$(RUN) train
 else
 	$(RUN) augment
-	$(VENV)/bin/torchrun --nnodes=$(NODES) --nproc_per_node=$(GPUS) $(TORCHRUN_ARGS) \
+	$(PY) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node=$(GPUS) $(TORCHRUN_ARGS) \
 	  -m pipeline run --params $(PARAMS) train
 endif
+
+export: $(STAMP) ## data/export/: the generator as TorchScript (+ ONNX), usable without us
+	$(PY) -m pipeline export --params $(PARAMS)
+
+interpolate: $(STAMP) ## data/export/interpolation.gif: a looping latent walk of the generator
+	$(PY) -m pipeline interpolate --params $(PARAMS)
+
+runs: $(STAMP) ## every training run: changed settings, kimg, time, best score, grids
+	@$(PY) -m pipeline runs --params $(PARAMS)
+
+submissions: $(STAMP) ## every kept submission zip: local scores, Kaggle competition and score
+	@$(PY) -m pipeline submissions --params $(PARAMS)
 
 status: $(STAMP) ## each stage: cached, stale (and why) or missing
 	@$(PY) -m pipeline status --params $(PARAMS)
@@ -78,6 +109,10 @@ test-fast: $(STAMP) ## the tests not marked slow
 
 bench: $(STAMP) ## benchmarks against their baselines (long; see bench/RESULTS.md)
 	$(PY) bench/bench_pipeline.py
+
+lock: $(STAMP) ## refresh requirements.lock from pyproject.toml (pip-tools; needs the index)
+	$(PY) -m piptools compile --quiet --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \
+	  --output-file requirements.lock pyproject.toml
 
 readme: $(STAMP) ## regenerate the parameter table in README.md from pipeline/core/config.py
 	$(PY) -m pipeline params --update-readme README.md

@@ -9,6 +9,10 @@ Examples:
     python -m pipeline status                       # cached / stale (why) / missing
     python -m pipeline params                       # every parameter with its default
     python -m pipeline report                       # data/report/index.html, a page to look at
+    python -m pipeline runs                         # every training run and how it scored
+    python -m pipeline submissions --kaggle         # kept zips, local and Kaggle scores
+    python -m pipeline export                       # data/export/: TorchScript generator
+    python -m pipeline interpolate                  # data/export/interpolation.gif
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import errno
 import io
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -101,25 +106,28 @@ def run(
 
 @contextlib.contextmanager
 def log_to_file(folder: Path, names: list[str]) -> Iterator[None]:
-    """Copy what the run prints (summary lines, tables, warnings) to data/logs/<time>-<stages>.log.
+    """Copy what the run prints to data/logs/<time>-<stages>.log.
 
-    Progress bars go to the terminal only: their carriage-return redraws would bury the log.
-    Python warnings (ours and libraries') are printed to stdout as "warning: ..." lines while
-    the run lasts, so the log keeps them too; stderr itself is not copied.
+    stdout (summary lines, tables) goes to the log as printed. Python warnings (ours and
+    libraries') are printed to stdout as "warning: ..." lines while the run lasts, so the log
+    keeps them too. stderr is copied line by line with progress bars reduced to their final
+    frame: the terminal sees every carriage-return redraw, the log one line per bar.
     """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{'-'.join(names)}.log"
     with path.open("a", encoding="utf-8") as log, warnings.catch_warnings():
         warnings.showwarning = _print_warning  # catch_warnings restores the original on exit
-        original = sys.stdout
-        sys.stdout = _Tee(original, log)
+        original_out, original_err = sys.stdout, sys.stderr
+        sys.stdout = _Tee(original_out, log)
+        sys.stderr = _FinalFrames(original_err, log)
         try:
             yield
         except Exception as error:  # noqa: BLE001 - recorded, then re-raised unchanged
             log.write(f"error: {error}\n")
             raise
         finally:
-            sys.stdout = original
+            sys.stderr.close_frames()
+            sys.stdout, sys.stderr = original_out, original_err
 
 
 def _print_warning(message: Warning | str, category: type[Warning], filename: str,
@@ -142,6 +150,36 @@ class _Tee(io.TextIOBase):
     def flush(self) -> None:
         self.log.flush()
         self.terminal.flush()
+
+
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colours and cursor moves of a bar
+
+
+class _FinalFrames(_Tee):
+    """stderr for a run: everything to the terminal; to the log, each line as it ends, where
+    a line redrawn with carriage returns (a tqdm bar) counts only by its last frame."""
+
+    def __init__(self, terminal: TextIO, log: TextIO) -> None:
+        super().__init__(terminal, log)
+        self.pending = ""  # the current line's latest frame, not yet ended by a newline
+
+    def write(self, text: str) -> int:
+        lines = (self.pending + text).split("\n")
+        for line in lines[:-1]:
+            self._log_line(line)
+        self.pending = lines[-1].rsplit("\r", 1)[-1] if "\r" in lines[-1] else lines[-1]
+        return self.terminal.write(text)
+
+    def _log_line(self, line: str) -> None:
+        frames = [f for f in ANSI_CODES.sub("", line).split("\r") if f.strip()]
+        if frames:
+            self.log.write(frames[-1].rstrip() + "\n")
+
+    def close_frames(self) -> None:
+        """At the end of a run: a bar left without its newline still leaves its last frame."""
+        if self.pending:
+            self._log_line(self.pending)
+            self.pending = ""
 
 
 @app.command()
@@ -177,6 +215,109 @@ def report(
         import webbrowser
 
         webbrowser.open(page.resolve().as_uri())
+
+
+def _trained_generator(graph: Graph, quiet: bool) -> Path:
+    """The generator generate.snapshot names (best by default), training first if needed."""
+    from stages.generate import chosen_generator
+
+    graph.run(["train"], quiet=quiet)
+    return chosen_generator(graph.output_dir("train"), graph.project.root,
+                            graph.params.generate.snapshot)
+
+
+@app.command()
+def export(
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+    set_: SetOption = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Write data/export/: the generator as TorchScript (ONNX too when onnx is installed),
+    loadable without this project; export.json says how seeds become latents."""
+    from pipeline.deliver.export import export_generator
+
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    with project_lock(graph.project.data):
+        source = _trained_generator(graph, quiet)
+        report = export_generator(source, graph.project.data / "export")
+    where = report.folder.relative_to(graph.project.root)
+    print(f"export: {', '.join(report.files)} in {where}/ from "
+          f"{source.relative_to(graph.project.root)}")
+    if report.onnx_skipped:
+        print(f"export: no ONNX file: {report.onnx_skipped}")
+
+
+@app.command()
+def interpolate(
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+    set_: SetOption = None,
+    cells: Annotated[int, typer.Option(min=1, help="walks side by side in each frame")] = 16,
+    keyframes: Annotated[int, typer.Option(min=2, help="latents each walk visits")] = 4,
+    steps: Annotated[int, typer.Option(min=1, help="frames between two keyframes")] = 12,
+    fps: Annotated[float, typer.Option(min=1, help="frames a second")] = 12.0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Write data/export/interpolation.gif: a looping latent walk of the trained generator."""
+    from pipeline.deliver.interpolate import INTERPOLATION_GIF, write_interpolation
+
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    with project_lock(graph.project.data):
+        source = _trained_generator(graph, quiet)
+        path = graph.project.data / "export" / INTERPOLATION_GIF
+        frames = write_interpolation(source, path, cells, keyframes, steps, fps, quiet)
+    print(f"interpolate: {frames} frames, {cells} walks, in "
+          f"{path.relative_to(graph.project.root)} (from "
+          f"{source.relative_to(graph.project.root)})")
+
+
+@app.command()
+def runs(root: RootOption = Path("."), params: ParamsOption = None,
+         set_: SetOption = None) -> None:
+    """Every training run in data/runs/: settings changed from params.yaml, kimg, minutes,
+    best evaluation, newest grid. Read-only: never waits for a running command."""
+    from pipeline.gan.runs import list_runs, runs_table
+
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    pointer = graph.output_dir("train") / layout.RUN_DIR_TXT
+    current = (graph.project.root / pointer.read_text(encoding="utf-8").strip()
+               if pointer.is_file() else None)
+    print(runs_table(list_runs(graph.project.data / "runs"), graph.params.train,
+                     graph.project.root, current))
+
+
+@app.command()
+def submissions(
+    root: RootOption = Path("."),
+    params: ParamsOption = None,
+    set_: SetOption = None,
+    kaggle: Annotated[bool, typer.Option(
+        "--kaggle", help="also read each competition's public scores from Kaggle (online)")
+    ] = False,
+) -> None:
+    """Every zip kept in submissions/history/: its local score, where it was sent and (with
+    --kaggle) the public score Kaggle gave it. Read-only."""
+    from pipeline.deliver.ledger import kept_submissions, ledger_table, match_kaggle
+    from pipeline.deliver.submission import SUBMISSION_LOG, kaggle_submissions
+
+    graph = _graph(root, params, _split_overrides(set_ or []))
+    data = graph.project.data
+    kept = kept_submissions(graph.project.path("submissions"),
+                            graph.output_dir("score") / layout.HISTORY_CSV, data / SUBMISSION_LOG)
+    note = ""
+    if kaggle:
+        competitions = sorted({line["competition"] for item in kept for line in item.sent})
+        listed = {}
+        for competition in competitions:
+            try:
+                listed[competition] = kaggle_submissions(competition)
+            except UserError as error:  # offline: the local part is still worth printing
+                note += f"kaggle: {error}\n"
+        match_kaggle(kept, listed)
+        if not competitions:
+            note = "kaggle: nothing was sent yet (package.submit=true sends a zip)"
+    print(ledger_table(kept, graph.project.root, note.rstrip()))
 
 
 README_START, README_END = "<!-- params:start -->", "<!-- params:end -->"

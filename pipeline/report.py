@@ -29,7 +29,8 @@ from pipeline.core.runner import Graph, swap_into_place
 from pipeline.gan.plots import make_grid, read_stats
 from pipeline.ingest.decisions import count_by_reason, read_decisions, rejected
 from pipeline.ingest.images import composite, load_image
-from pipeline.scoring.history import precision_recall_reading
+from pipeline.scoring.history import precision_recall_reading, settings_change
+from pipeline.scoring.metrics import MIFID_EPSILON
 
 MAKE_TARGETS = {"score": "fid"}  # stage -> make target, where they differ
 THUMB = 72  # thumbnail side in pixels (longer side)
@@ -519,6 +520,8 @@ def _score_rows(score: dict[str, Any]) -> list[list[str]]:
             ["recall", _fmt(score.get("recall"), 3)],
             ["precision and recall read", precision_recall_reading(score)],
             ["MiFID", _fmt(score.get("mifid"))],
+            ["Inception Score", _fmt(score.get("inception_score")) if score.get(
+                "inception_score") is not None else "- (the weights in use carry no classifier)"],
             ["images scored", scored], ["reference images", _fmt(score.get("n_reference"))],
             ["Inception weights", weights], ["device", _fmt(score.get("device"))]]
 
@@ -532,7 +535,28 @@ def score_section(page: Page) -> str:
     score = json.loads(path.read_text(encoding="utf-8"))
     parts = [_stale_note(graph, "score"), _table(["metric", "value"], _score_rows(score), "score")]
     parts += [_note(f"warning: {_esc(w)}", "note stale") for w in score.get("warnings", [])]
+    parts.append(_nearest_sheet(page, score.get("nearest", [])))
     return _section("score", "Score", "\n".join(p for p in parts if p))
+
+
+def _nearest_sheet(page: Page, pairs: Sequence[dict[str, Any]]) -> str:
+    """Generated images beside their closest reference image in Inception space, closest
+    first: the pairs MiFID penalises. Near copies show as look-alike pairs at distance ~0."""
+    if not pairs:
+        return ""
+    items: list[tuple[Path | None, str, str]] = []
+    for pair in pairs:
+        generated, reference = Path(pair["generated"]), Path(pair["reference"])
+        items.append((generated if generated.is_file() else None, generated.name,
+                      f"generated {generated.name}"))
+        items.append((reference if reference.is_file() else None,
+                      f"d={pair['distance']:.3f}",
+                      f"nearest reference {reference.name}, cosine distance "
+                      f"{pair['distance']:.4f}"))
+    intro = _note(f"Nearest neighbours: the {len(pairs)} generated images closest to a "
+                  "training image in Inception space, each beside that image (cosine distance "
+                  f"d = 1 - |cos|; MiFID counts distances below {MIFID_EPSILON} as copying).")
+    return intro + '<div class="pairs">' + _thumb_strip(page, items, "nearest") + "</div>"
 
 
 def _plot_history(history: pd.DataFrame, path: Path) -> None:
@@ -561,8 +585,14 @@ def history_section(page: Page) -> str:
     if not (_ran(graph, "score") and path.exists()):
         return _section("history", "Score history", _not_run("score"))
     history = pd.read_csv(path)
-    columns = [c for c in ("time", "generate_fingerprint", "fid", "kid_mean", "precision",
-                           "recall", "mifid", "n_generated") if c in history]
+    # Which change moved the score: each row's settings against the row before it.
+    if "settings" in history:
+        previous = history["settings"].shift(1)
+        history["changed"] = [settings_change(before, after) if i else ""
+                              for i, (before, after) in enumerate(zip(previous,
+                                                                      history["settings"]))]
+    columns = [c for c in ("time", "run", "fid", "kid_mean", "precision", "recall", "mifid",
+                           "n_generated", "changed") if c in history]
     recent = history.tail(HISTORY_ROWS)
     rows = [[_fmt(v.item() if hasattr(v, "item") else v, 4 if c == "kid_mean" else 2)
              for c, v in zip(columns, row)] for row in recent[columns].itertuples(index=False)]
@@ -597,6 +627,7 @@ table.score td:last-child, table.history td { font-variant-numeric: tabular-nums
 .note { color: #555; background: #f4f4f4; padding: .4em .7em; border-left: 3px solid #bbb; }
 .note.stale { background: #fff6e5; border-color: #d98200; }
 .strip { display: flex; flex-wrap: wrap; gap: 8px; }
+.pairs .strip figure:nth-child(even) { margin-right: 18px; }  /* generated | nearest real */
 figure { margin: 0; }
 figure.thumb { width: 80px; font-size: 10px; color: #555; word-break: break-all; }
 figure.thumb img, .nopreview { display: block; max-width: 72px; max-height: 72px; margin: auto; }

@@ -33,7 +33,9 @@ def run(ctx: StageContext) -> StageResult:
                        size, mode, ctx.quiet)
     (ctx.out_dir / layout.VALIDATION_JSON).write_text(json.dumps(
         {"zip": cfg.name, "count": report.count, "size": size, "mode": mode,
-         "bytes": report.bytes, "sha256": report.sha256, "problems": list(report.problems)},
+         "bytes": report.bytes, "sha256": report.sha256, "problems": list(report.problems),
+         # which generated images these are: score's history.csv rows carry the same key
+         "generate_fingerprint": ctx.upstream_fingerprints["generate"][:12]},
         indent=2))
     submitted = ""
     if cfg.submit:
@@ -42,7 +44,7 @@ def run(ctx: StageContext) -> StageResult:
             submitted = f", already submitted to {cfg.competition} (not sent again)"
         else:
             submit_to_kaggle(ctx.out_dir / cfg.name, cfg.competition, cfg.message)
-            remember_submission(record, cfg.competition, report.sha256)
+            remember_submission(record, cfg.competition, report.sha256, cfg.name, cfg.message)
             submitted = f", submitted to {cfg.competition}"
     return StageResult(
         f"{cfg.name}: {report.count:,} PNGs {size}x{size} {mode}, "

@@ -12,9 +12,22 @@ import json
 from pathlib import Path
 
 from pipeline.core import layout
+from pipeline.core.config import TrainConfig
 from pipeline.core.runner import Stage, StageContext, StageResult
+from pipeline.gan.runs import changed_settings
 from pipeline.scoring.fid import score_folders
-from pipeline.scoring.history import append_history, format_table
+from pipeline.scoring.history import append_history, format_table, settings_text
+
+
+def _training_run(train_dir: Path) -> tuple[str, str]:
+    """The run folder behind the generated images and its settings changed from the defaults
+    (empty strings when train's output says nothing, e.g. an older project)."""
+    try:
+        run = Path((train_dir / layout.RUN_DIR_TXT).read_text(encoding="utf-8").strip()).name
+        options = json.loads((train_dir / layout.TRAINING_OPTIONS_JSON).read_text("utf-8"))
+    except (OSError, ValueError):
+        return "", ""
+    return run, settings_text(changed_settings(options.get("config", {}), TrainConfig()))
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -24,9 +37,10 @@ def run(ctx: StageContext) -> StageResult:
                            cache_dir=ctx.project.data / "cache", quiet=ctx.quiet)
     score = result.as_dict()
     (ctx.out_dir / layout.SCORE_JSON).write_text(json.dumps(score, indent=2))
+    run, settings = _training_run(ctx.project.data / "train")
     append_history(ctx.project.path(f"data/score/{layout.HISTORY_CSV}"),
                    ctx.out_dir / layout.HISTORY_CSV,
-                   score, ctx.upstream_fingerprints["generate"])
+                   score, ctx.upstream_fingerprints["generate"], run, settings)
     print(format_table(score), flush=True)
     for warning in result.warnings:
         print(f"warning: {warning}", flush=True)

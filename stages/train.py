@@ -12,6 +12,7 @@ with train.eval_kimg) and the plots.
 """
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.core import layout
@@ -27,8 +28,11 @@ def run(ctx: StageContext) -> StageResult:
     # changing them continues the same run folder.
     key = ctx.run_key(cfg, exclude=BOOKKEEPING_KEYS)
     run_dir = ctx.project.data / "runs" / key[:12]
+    if cfg.resume_from and not Path(cfg.resume_from).is_absolute():
+        cfg = replace(cfg, resume_from=str(ctx.project.root / cfg.resume_from))
     report = train(cfg, ctx.inputs["augment"], run_dir, ctx.quiet,
-                   reference=ctx.inputs["pad"], cache_dir=ctx.project.data / "cache")
+                   reference=ctx.inputs["pad"], cache_dir=ctx.project.data / "cache",
+                   deliver_count=ctx.params.generate.count)
     if not env_dist().is_main:  # under torchrun, rank 0 alone wrote the run folder's exports
         return StageResult(f"rank {env_dist().rank} done", {})
 
@@ -45,7 +49,7 @@ def run(ctx: StageContext) -> StageResult:
         notes += (f", best at {report.best['kimg']:g} kimg (KID {report.best['kid']:.4f}, "
                   f"FID {report.best['fid']:.1f} on {cfg.eval_n} samples)")
     if report.out_of_time:
-        notes += f", stopped by train.minutes={cfg.minutes:g} before {cfg.kimg:g} kimg"
+        notes += f", stopped by {report.stopped_by} before {cfg.kimg:g} kimg"
     return StageResult(
         f"{report.kimg_done:g} kimg, {report.images_per_second:.0f} img/s{notes} "
         f"(see {run_dir.relative_to(ctx.project.root)})",

@@ -52,6 +52,9 @@ class FakeKaggle:
     # A broken server: every RPC answers 500 with a body that echoes the request's credentials
     # (as a careless proxy or debug page might), to prove the client's errors do not leak them.
     echo_credentials: bool = False
+    # Submissions per competition, as Kaggle lists them (camelCase JSON objects: fileName,
+    # date, description, status, publicScore, ...), newest first.
+    submissions: dict[str, list[dict]] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
 
     def __enter__(self) -> FakeKaggle:
@@ -143,6 +146,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"code": 404, "message": f"dataset {ref} not found"})
         else:
             self._reply(302, b"", "text/plain", {"Location": f"/files/datasets/{ref}.zip"})
+
+    def rpc_competitions_CompetitionApiService__ListSubmissions(self, body: dict) -> None:
+        name = body.get("competitionName", "")
+        if name not in self.fake.submissions:
+            self._json(404, {"code": 404, "message": f"competition {name} not found"})
+        else:
+            self._json(200, {"submissions": self.fake.submissions[name]})
 
     def rpc_competitions_CompetitionApiService__DownloadDataFiles(self, body: dict) -> None:
         name = body.get("competitionName", "")

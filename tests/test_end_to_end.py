@@ -134,6 +134,75 @@ def test_rerun_with_nothing_changed_is_all_cached(project):
     assert time.perf_counter() - start < 60
 
 
+# A script a notebook would run: torch only. It must never import the pipeline.
+LOAD_EXPORT = """
+import json, sys
+import numpy as np, torch
+from PIL import Image
+folder, generated = sys.argv[1], sys.argv[2]
+info = json.load(open(folder + "/export.json"))
+module = torch.jit.load(folder + "/generator.torchscript.pt")
+seeds = range(8)
+z = torch.stack([torch.randn(info["nz"], generator=torch.Generator().manual_seed(i))
+                 for i in seeds])
+pixels = module(z).numpy()
+pngs = np.stack([np.asarray(Image.open(f"{generated}/{i:05d}.png").convert("RGB"))
+                 for i in seeds])
+assert pixels.dtype == np.uint8 and pixels.shape == pngs.shape, (pixels.shape, pngs.shape)
+assert "pipeline" not in sys.modules
+print(int((pixels != pngs).sum()), pixels.size)
+"""
+
+
+def test_export_interpolate_runs_submissions_and_the_score_extras(project, tmp_path):
+    """What a contestant does after a run: score it, export the generator, make a latent walk,
+    list the runs and the kept submissions. Each through the CLI, in subprocesses."""
+    cli(project, "run", "score")
+    score = json.loads((project / "data/score/score.json").read_text())
+    # MiFID's pairs for the report's nearest-neighbour sheet: real files, closest first.
+    pairs = score["nearest"]
+    assert len(pairs) == 16 and all(Path(p["generated"]).is_file() and Path(p["reference"])
+                                    .is_file() for p in pairs)
+    assert [p["distance"] for p in pairs] == sorted(p["distance"] for p in pairs)
+    # IS needs the classifier, which the converted offline weights do not carry: said plainly.
+    if score["weights_source"].startswith("fid-helper"):
+        assert score["inception_score"] is None
+        assert any("carry no classifier" in w for w in score["warnings"])
+    else:
+        assert score["inception_score"] >= 1
+    # history.csv: the run behind the row and its settings changed from the defaults.
+    import pandas as pd
+
+    row = pd.read_csv(project / "data/score/history.csv").iloc[-1]
+    run = (project / "data/train/run_dir.txt").read_text().strip()
+    assert row["run"] == Path(run).name
+    assert row["settings"] == "amp=off; batch_size=16; width=0.125"
+
+    params = ["--root", str(project), "--params", str(project / "params.yaml")]
+    exported = cli(project, "export", *params, "--quiet")
+    assert "generator.torchscript.pt" in exported.stdout
+    # A fresh interpreter that never imports the pipeline draws generate's very images.
+    (tmp_path / "load.py").write_text(LOAD_EXPORT)
+    loaded = subprocess.run([sys.executable, str(tmp_path / "load.py"),
+                             str(project / "data/export"), str(project / "data/generated")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    differing, total = map(int, loaded.stdout.split())
+    assert differing == 0, f"{differing} of {total} pixel values differ"
+
+    walk = cli(project, "interpolate", *params, "--quiet", "--cells", "4", "--keyframes", "2",
+               "--steps", "3")
+    assert "6 frames" in walk.stdout
+    with Image.open(project / "data/export/interpolation.gif") as gif:
+        assert gif.n_frames == 6 and gif.info.get("loop") == 0
+        assert gif.size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 tiles of 32 px, 2-px gutters
+
+    runs = cli(project, "runs", *params).stdout
+    assert f"* {Path(run).name}" in runs and "0.4 kimg" in runs
+    kept = cli(project, "submissions", *params).stdout
+    assert "1 kept submission(s)" in kept and f"local FID {score['fid']:.2f}" in kept
+
+
 def test_rerun_sets(project):
     # train.seed: train, generate and package rerun; nothing upstream.
     lines = summary(cli(project, "run", "package", "--set", "train.seed=1"))

@@ -200,3 +200,50 @@ def test_precision_and_recall_read_in_words_as_the_notes_do() -> None:
     reference = rng.normal(size=(400, 16))
     collapsed = reference[:5].repeat(40, axis=0) + rng.normal(scale=0.01, size=(200, 16))
     assert "mode collapse" in read_precision_recall(*precision_recall(collapsed, reference))
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception Score and the nearest pairs
+
+
+def test_inception_score_by_hand() -> None:
+    """Uniform predictions: p(y|x) = p(y), KL 0, IS 1. Confident, evenly spread: IS = classes."""
+    assert metrics.inception_score(np.zeros((20, 5)), splits=2).mean == pytest.approx(1.0)
+    confident = np.tile(np.eye(4) * 50.0, (5, 1))  # 20 images, 5 per class, near one-hot
+    score = metrics.inception_score(confident, splits=1)
+    assert score.mean == pytest.approx(4.0, rel=1e-6) and score.std == 0.0
+    with pytest.raises(ValueError, match="N >= splits"):
+        metrics.inception_score(np.zeros((3, 5)), splits=10)
+
+
+@pytest.mark.parametrize("splits", [1, 10])
+def test_inception_score_agrees_with_torchmetrics(monkeypatch: pytest.MonkeyPatch,
+                                                  splits: int) -> None:
+    """The same logits through torchmetrics' InceptionScore: the same mean. It shuffles the rows
+    before splitting (we split in order, as the original code does): its shuffle is made the
+    identity here, so both see the same splits. It reports the sample std (ddof 1), we the
+    original's population std (ddof 0)."""
+    inception_module = pytest.importorskip("torchmetrics.image.inception")
+    logits = np.random.default_rng(23).standard_normal((200, 1008)) * 3
+    ours = metrics.inception_score(logits, splits=splits)
+    theirs = inception_module.InceptionScore(feature=_FeaturesAsImages(1008), splits=splits)
+    monkeypatch.setattr(torch, "randperm", lambda n, **_: torch.arange(n))
+    theirs.update(torch.from_numpy(logits))
+    mean, std = theirs.compute()
+    assert ours.mean == pytest.approx(float(mean), rel=1e-6)
+    if splits > 1:
+        assert ours.std == pytest.approx(float(std) * np.sqrt((splits - 1) / splits), rel=1e-5)
+
+
+def test_nearest_pairs_finds_the_copies_first() -> None:
+    """Generated row 3 is reference row 7 scaled (cosine distance 0), row 1 is close to row 2."""
+    reference = gaussian(10, 16, seed=24)
+    generated = gaussian(5, 16, seed=25)
+    generated[3] = 2.5 * reference[7]
+    generated[1] = reference[2] + 0.05 * gaussian(1, 16, seed=26)[0]
+    pairs = metrics.nearest_pairs(generated, reference, count=2)
+    assert [(g, r) for g, r, _ in pairs] == [(3, 7), (1, 2)]
+    assert pairs[0][2] == pytest.approx(0.0, abs=1e-6) and 0 < pairs[1][2] < 0.01
+    distance = metrics.memorization_distance(generated, reference)
+    every = metrics.nearest_pairs(generated, reference, count=5)
+    assert np.mean([d for _, _, d in every]) == pytest.approx(distance, rel=1e-6)  # MiFID's d

@@ -56,13 +56,14 @@ def test_the_choice_from_a_probe() -> None:
 
 def test_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: fp32 without native bf16 (bf16 not even timed), bf16 only when the probe says
-    faster. The CPU flags and the probe's timings are mocked: this machine has one CPU."""
+    faster; the layout the probe found faster. The CPU flags and the timings are mocked: this
+    machine has one CPU."""
     probed: list[tuple] = []
 
     def timings(spec: ModelSpec, batch: int, dtypes: tuple) -> dict:
         probed.append(dtypes)
-        table = {(None, True): 1.0, (None, False): 2.0, (torch.bfloat16, True): 0.5,
-                 (torch.bfloat16, False): 0.6}
+        table = {(None, True): 1.0, (None, False): 2.0, (torch.bfloat16, True): 0.6,
+                 (torch.bfloat16, False): 0.5}
         return {key: t for key, t in table.items() if key[0] in dtypes}
 
     monkeypatch.setattr(precision, "cpu_step_seconds", timings)
@@ -71,13 +72,26 @@ def test_auto_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert precision.resolve_precision(auto, CPU, SPEC, 4) == precision.Precision(CPU, None, True)
     assert probed[-1] == (None,)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
-    assert precision.resolve_precision(auto, CPU, SPEC, 4).dtype is torch.bfloat16
+    assert precision.resolve_precision(auto, CPU, SPEC, 4) == precision.Precision(
+        CPU, torch.bfloat16, False)
     assert probed[-1] == (None, torch.bfloat16)
-    # Explicit settings are obeyed as written; only the layout is probed.
-    assert precision.resolve_precision(TrainConfig(amp="off"), CPU, SPEC, 4).dtype is None
+    # An older run folder recorded its dtype only: kept, and the layout probed for it.
+    assert precision.resolve_precision(auto, CPU, SPEC, 4, {"amp": "None"}) == (
+        precision.Precision(CPU, None, True))
     assert probed[-1] == (None,)
-    assert precision.resolve_precision(TrainConfig(amp="bf16"), CPU, SPEC, 4).dtype is (
-        torch.bfloat16)
+
+
+def test_explicit_settings_are_obeyed_without_a_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """amp off / bf16: no timing decides anything, so the same settings are the same
+    computation on every run (the family's default layout)."""
+    monkeypatch.setattr(precision, "cpu_step_seconds", lambda *a: pytest.fail("probed"))
+    assert precision.resolve_precision(TrainConfig(amp="off"), CPU, SPEC, 4) == (
+        precision.Precision(CPU, None, True))
+    assert precision.resolve_precision(TrainConfig(amp="bf16"), CPU, SPEC, 4) == (
+        precision.Precision(CPU, torch.bfloat16, True))
+    mlp = ModelSpec(name="mlp", size=8, channels=1, nz=4)
+    assert not precision.resolve_precision(TrainConfig(model="mlp", amp="off"), CPU, mlp, 2
+                                           ).channels_last
 
 
 def test_a_resumed_auto_run_keeps_the_precision_it_started_with(

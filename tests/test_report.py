@@ -122,7 +122,9 @@ def project(tmp_path_factory) -> Path:
     # for real would double the Inception time on CPU; the scorer has its own tests).
     history = root / "data/score/history.csv"
     last = pd.read_csv(history).iloc[-1].to_dict()
-    append_history(history, history, {**last, "fid": last["fid"] * 0.8}, "f" * 64)
+    assert isinstance(last["settings"], str) and "width=0.125" in last["settings"]
+    append_history(history, history, {**last, "fid": last["fid"] * 0.8}, "f" * 64, run="later",
+                   settings=last["settings"].replace("width=0.125", "width=0.25"))
     return root
 
 
@@ -167,9 +169,13 @@ def test_report_in_a_browser(project, tmp_path):
     # The snapshot choice: two evaluations (0.6 and 1.2 kimg), the best named and plotted.
     assert 'src="evaluation.png"' in training and "Best snapshot: <b>" in training
     assert 'src="samples.png"' in section_text(dom, "samples")
-    assert "FID" in section_text(dom, "score")
+    score = section_text(dom, "score")
+    assert "FID" in score and "Inception Score" in score
+    # The nearest-neighbour sheet: generated images beside their closest training images.
+    assert "Nearest neighbours" in score and score.count('src="thumbs/nearest') == 32
     history = section_text(dom, "history")
     assert 'src="history.png"' in history and history.count("<tr>") == 3  # header + 2 runs
+    assert "width 0.125 -&gt; 0.25" in history  # which change moved the score
 
     # A screenshot of the whole page, for the record and for a person to look at.
     height = min(int(body["data-height"]), 12000)

@@ -19,7 +19,7 @@ from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.data import BatchReader, BatchSampler, to_device_batch
 from pipeline.gan.diffaug import AdaptiveP, diff_augment, parse_policy, translation
 from pipeline.gan.loop import train
-from pipeline.gan.models import load_generator
+from pipeline.gan.models import load_generator, spec_from_config
 from pipeline.gan.plots import make_grid, plot_losses
 from pipeline.gan.precision import Precision
 from pipeline.gan.steps import diversity, ema_beta, flip_labels, instance_noise_std, update_ema
@@ -445,3 +445,46 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(pack_dir: Path
     whole, split = _latest_state(tmp_path / "whole"), _latest_state(tmp_path / "split")
     for key in ("G", "D", "opt_g", "opt_d"):
         _assert_same_tensors(whole[key], split[key], key)
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_from_a_checkpoint_kept_elsewhere(pack_dir: Path, tmp_path: Path) -> None:
+    """train.resume_from: a new run folder continues from another folder's newest checkpoint
+    (a Kaggle input, read-only), which is read and never written; it then trains on exactly as
+    the original run would have: the same weights as a straight run of the same length."""
+    cfg = dataclasses.replace(TINY, amp="off")
+    first = train(dataclasses.replace(cfg, kimg=0.064), pack_dir, tmp_path / "kept", quiet=True)
+    assert first.kimg_done == 0.064
+    before = _digests(tmp_path / "kept")
+    resumed = train(dataclasses.replace(cfg, resume_from=str(tmp_path / "kept")), pack_dir,
+                    tmp_path / "new", quiet=True)
+    assert resumed.resumed_from_kimg == 0.064 and resumed.kimg_done == 0.128
+    assert _digests(tmp_path / "kept") == before  # the source is untouched
+    straight = train(cfg, pack_dir, tmp_path / "straight", quiet=True)
+    _assert_same_tensors(_latest_state(tmp_path / "new")["G"],
+                         _latest_state(tmp_path / "straight")["G"], "G")
+    assert straight.kimg_done == resumed.kimg_done
+    with pytest.raises(UserError, match="holds no readable checkpoint"):
+        train(dataclasses.replace(cfg, resume_from=str(tmp_path / "straight/tensorboard")),
+              pack_dir, tmp_path / "other", quiet=True)
+
+
+def test_budget_minutes_keeps_time_for_generating(pack_dir: Path, tmp_path: Path) -> None:
+    """A budget that the estimated delivery of 10 million images already exceeds stops
+    training at its first check; the estimate grows with the image count."""
+    from pipeline.gan.budget import delivery_seconds
+
+    spec = spec_from_config(TINY, 32, 3)
+    small, large = (delivery_seconds(spec, n, torch.device("cpu")) for n in (100, 100_000))
+    assert 0 < small < large
+    cfg = dataclasses.replace(TINY, amp="off", budget_minutes=1.0, kimg=10.0)
+    report = train(cfg, pack_dir, tmp_path / "run", quiet=True, deliver_count=10_000_000)
+    assert report.out_of_time and report.steps == 1
+    assert report.stopped_by.startswith("train.budget_minutes=1, ")
+    assert "kept for generating 10,000,000 images" in report.stopped_by

@@ -213,6 +213,13 @@ class TrainConfig:
         0.0, "stop after this many minutes (a Kaggle kernel's limit) even before kimg (0 = none)",
         check=at_least(0),
     )
+    budget_minutes: float = knob(
+        0.0, "minutes for training plus generating and zipping generate.count images (0 = "
+        "none): training stops early enough for the rest to fit (a kernel's time limit)",
+        check=at_least(0))
+    resume_from: str = knob(
+        "", "a run folder (data/runs/<run>) or checkpoints folder from elsewhere, read-only "
+        "allowed, to continue from when this run has no checkpoint of its own ('' = none)")
     batch_size: int = knob(64, "images per step (global, over all GPUs)", check=at_least(2))
     width: float = knob(
         0.25, "channel multiplier; 1.0 is the seeds' DCGAN-128 (13.3M/2.8M)",
@@ -237,7 +244,8 @@ class TrainConfig:
     threads: int = knob(0, "CPU threads for torch (0 = torch's default)", check=at_least(0))
     amp: Literal["auto", "off", "bf16", "fp16"] = knob(
         "auto", "mixed precision: auto = bf16 on CUDA (fp16 + loss scaling on old GPUs); on a "
-        "CPU, bf16 where it is native (AVX-512-BF16, AMX) and measured faster, else off"
+        "CPU, bf16 where it is native (AVX-512-BF16, AMX) and measured faster, else off, and "
+        "the memory layout measured faster; off/bf16/fp16: as written, nothing timed"
     )
     sync_batchnorm: bool = knob(
         True, "under DDP, BatchNorm uses the whole global batch's statistics, as one GPU would "
@@ -325,7 +333,8 @@ class TrainConfig:
 
 # train keys that do not change what is trained, only how long, how often it is logged, saved or
 # scored, and on how many threads: changing them continues the same run folder.
-BOOKKEEPING_KEYS = ("kimg", "minutes", "eval_kimg", "eval_n", "eval_reference_n",
+BOOKKEEPING_KEYS = ("kimg", "minutes", "budget_minutes", "resume_from", "eval_kimg", "eval_n",
+                    "eval_reference_n",
                     "checkpoint_kimg", "tick_kimg", "snapshot_kimg", "keep_checkpoints", "threads",
                     "collapse_ratio")
 

@@ -54,19 +54,20 @@ def publish_zip(package_dir: Path, submissions: Path, name: str, validation_name
     submissions.mkdir(parents=True, exist_ok=True)
     history = submissions / HISTORY
     entry = history / f"{time.strftime('%Y%m%d-%H%M%S')}-{record['sha256'][:12]}"
-    if not any(folder.name.endswith(record["sha256"][:12]) for folder in _entries(history)):
+    if not any(folder.name.endswith(record["sha256"][:12])
+               for folder in history_entries(history)):
         entry.mkdir(parents=True, exist_ok=True)
         link_or_copy(source, entry / name)
         link_or_copy(package_dir / validation_name, entry / validation_name)
     link_or_copy(source, target)
     link_or_copy(package_dir / validation_name, submissions / validation_name)
     pruned = _prune(history, keep_history)
-    kept = len(_entries(history))
+    kept = len(history_entries(history))
     return (f"published submissions/{name} ({kept} kept in submissions/{HISTORY}/"
             f"{f', {pruned} oldest removed' if pruned else ''})")
 
 
-def _entries(history: Path) -> list[Path]:
+def history_entries(history: Path) -> list[Path]:
     """History entries this module wrote, oldest first (their names sort by time)."""
     if not history.is_dir():
         return []
@@ -75,7 +76,7 @@ def _entries(history: Path) -> list[Path]:
 
 def _prune(history: Path, keep: int) -> int:
     """Remove the oldest entries beyond `keep` (0 = keep all); returns how many went."""
-    entries = _entries(history)
+    entries = history_entries(history)
     excess = entries[:-keep] if keep > 0 and len(entries) > keep else []
     for folder in excess:
         shutil.rmtree(folder)

@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
@@ -237,9 +239,39 @@ def already_submitted(record: Path, competition: str, sha256: str) -> bool:
     return sha256 in _read_submitted(record).get(competition, [])
 
 
-def remember_submission(record: Path, competition: str, sha256: str) -> None:
-    """Add the zip to the record (atomically), after Kaggle accepted it."""
+def remember_submission(record: Path, competition: str, sha256: str, zip_name: str = "",
+                        message: str = "") -> None:
+    """Add the zip to the record (atomically), after Kaggle accepted it, and a line to the
+    submission log beside it (data/submissions.jsonl: when, where, which zip, which message)."""
     sent = _read_submitted(record)
     sent.setdefault(competition, []).append(sha256)
     record.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(sent, indent=2, sort_keys=True))
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "competition": competition,
+            "sha256": sha256, "zip": zip_name, "message": message}
+    with (record.parent / SUBMISSION_LOG).open("a", encoding="utf-8") as log:
+        log.write(json.dumps(line) + "\n")
+
+
+SUBMISSION_LOG = "submissions.jsonl"  # data/submissions.jsonl: one line per zip sent
+
+
+def kaggle_submissions(competition: str) -> list[dict[str, Any]]:
+    """The competition's submissions as Kaggle lists them (newest first): file name, date,
+    description, status, public and private score (None until Kaggle has one). UserError
+    offline or without access."""
+    api = kaggle._new_api()
+    try:
+        listed = api.competition_submissions(competition) or []
+    except Exception as error:  # requests errors and the client's own
+        import requests  # a dependency of kaggle, loaded with it
+
+        if isinstance(error, (requests.ConnectionError, requests.Timeout)):
+            raise UserError(f"cannot reach Kaggle to read {competition}'s submissions "
+                            "(offline?)") from None
+        raise kaggle._explain(error, f"reading the submissions of {competition}",
+                              f"https://www.kaggle.com/competitions/{competition}") from None
+    return [{"file_name": s.file_name, "date": s.date, "description": s.description,
+             "status": getattr(s.status, "name", str(s.status)),
+             "public_score": s.public_score or None, "private_score": s.private_score or None}
+            for s in listed if s is not None]

@@ -57,6 +57,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.schedules import Schedule, parse_schedule
 from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.batchnorm import synchronise_batchnorm
+from pipeline.gan.budget import delivery_seconds
 from pipeline.gan.data import BatchReader, fits_on_device, to_device_batch
 from pipeline.gan.diffaug import parse_policy
 from pipeline.gan.losses import GANLoss, get_loss, lazy_weight, path_length_penalty
@@ -105,7 +106,8 @@ class TrainReport:
     final_losses: dict[str, float]  # the last tick's averages (loss_d, loss_g, ...)
     generator_dir: Path  # the exported generator (save_generator format)
     train_seconds: float = 0.0  # time spent in training steps in this call
-    out_of_time: bool = False  # stopped by cfg.minutes before reaching cfg.kimg
+    out_of_time: bool = False  # stopped by the time budget before reaching cfg.kimg
+    stopped_by: str = ""  # the budget that stopped it: "train.minutes=17" or a budget note
     best: dict[str, float] = field(default_factory=dict)  # best evaluation: kimg, kid, fid
     best_dir: Path | None = None  # the best snapshot's generator (None: no evaluation ran)
 
@@ -124,7 +126,8 @@ class Run:
     ops: tuple[str, ...]  # DiffAugment ops
     batch: int  # images per step on this rank
     target_images: int  # cfg.kimg in images
-    deadline: float  # perf_counter() time at which cfg.minutes is up (inf: no budget)
+    deadline: float  # perf_counter() time at which the time budget is up (inf: no budget)
+    deadline_reason: str  # which knob set it, for the summary line
     run_dir: Path
     quiet: bool
     start_time: float  # perf_counter() at the start of this call
@@ -184,18 +187,20 @@ class TickLog:
 
 
 def train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool = False,
-          reference: Path | None = None, cache_dir: Path | None = None) -> TrainReport:
+          reference: Path | None = None, cache_dir: Path | None = None,
+          deliver_count: int = 0) -> TrainReport:
     """Train (or resume, or just re-export) the run in `run_dir` up to cfg.kimg.
 
     Launched by torchrun, every rank calls this; rank 0 alone writes files. With
     cfg.eval_kimg > 0, snapshots are scored against `reference` (a folder of images, e.g.
-    data/clean; its Inception statistics are cached in `cache_dir`).
+    data/clean; its Inception statistics are cached in `cache_dir`). `deliver_count` is how
+    many images generate will draw afterwards (cfg.budget_minutes keeps time for them).
     """
     device_type = "cpu" if cfg.device == "cpu" or not torch.cuda.is_available() else "cuda"
     owns_group = not torch_dist.is_initialized()
     dist = init_from_env(device_type)
     try:
-        run = _setup(cfg, Path(pack_dir), Path(run_dir), quiet, dist)
+        run = _setup(cfg, Path(pack_dir), Path(run_dir), quiet, dist, deliver_count)
         if cfg.eval_kimg > 0 and dist.is_main:
             if reference is None or cache_dir is None:
                 raise UserError("train.eval_kimg needs a reference folder (data/clean)")
@@ -211,6 +216,14 @@ def _train(run: Run) -> TrainReport:
     cfg, dist = run.cfg, run.dist
     state = TrainState.build(cfg, run.spec, len(run.images), run.precision, dist.rank)
     resume_path = state.restore_latest(run.ckpt_dir, cfg, run.spec, dist)
+    if resume_path is None and cfg.resume_from:  # a checkpoint from elsewhere, read only
+        source = _resume_source(Path(cfg.resume_from))
+        resume_path = state.restore_latest(source, cfg, run.spec, dist)
+        if resume_path is None:
+            raise UserError(f"train.resume_from is {cfg.resume_from!r} but {source} holds no "
+                            "readable checkpoint (ckpt-*.pt with its .json)")
+        # Its best snapshot stayed behind in the other folder: evaluations here start afresh.
+        state.best = {}
     resumed_from = state.images_seen
     log = _open_run_folder(run, state, resume_path is not None)
     G, D_pair = _wrap_for_ddp(run, state)
@@ -242,6 +255,7 @@ def _train(run: Run) -> TrainReport:
         images_per_second=trained / train_seconds if train_seconds > 0 else 0.0,
         resumed_from_kimg=_kimg(resumed_from), final_losses=state.last_stats,
         generator_dir=final_dir, train_seconds=train_seconds, out_of_time=log.out_of_time,
+        stopped_by=run.deadline_reason if log.out_of_time else "",
         best=dict(state.best), best_dir=_best_dir(run, state))
 
 
@@ -251,7 +265,8 @@ def _best_dir(run: Run, state: TrainState) -> Path | None:
     return best_dir if state.best and best_dir.is_dir() else None
 
 
-def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: Dist) -> Run:
+def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: Dist,
+           deliver_count: int = 0) -> Run:
     """Device, precision, the pack and the networks' spec; errors the user can fix come here."""
     start_time = time.perf_counter()
     device = resolve_device(cfg.device, "train.device", dist.local_rank)
@@ -265,19 +280,39 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     batch = local_batch_size(cfg.batch_size, dist)
     chosen = None
     if dist.is_main:
-        mine = resolve_precision(cfg, device, spec, batch, _recorded_precision(run_dir))
+        recorded = _recorded_precision(run_dir)
+        if recorded is None and cfg.resume_from:  # continue as the source run computed
+            recorded = _recorded_precision(_resume_source(Path(cfg.resume_from)).parent)
+        mine = resolve_precision(cfg, device, spec, batch, recorded)
         chosen = {"amp": str(mine.dtype), "channels_last": mine.channels_last}
     precision = resolve_precision(cfg, device, spec, batch, broadcast_object(chosen, dist))
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
-    deadline = start_time + 60 * cfg.minutes if cfg.minutes > 0 else math.inf
+    deadline, reason = math.inf, ""
+    if cfg.minutes > 0:
+        deadline, reason = start_time + 60 * cfg.minutes, f"train.minutes={cfg.minutes:g}"
+    if cfg.budget_minutes > 0:
+        reserve = delivery_seconds(spec, deliver_count, device)
+        if start_time + 60 * cfg.budget_minutes - reserve < deadline:
+            deadline = start_time + 60 * cfg.budget_minutes - reserve
+            reason = (f"train.budget_minutes={cfg.budget_minutes:g}, {reserve / 60:.1f} of "
+                      f"them kept for generating {deliver_count:,} images")
     schedules = {name: parse_schedule(getattr(cfg, key), f"train.{key}") for name, key in
                  (("lr", "lr_decay"), ("gamma", "gamma_decay"), ("augment_p", "augment_p_decay"))}
     return Run(cfg=cfg, dist=dist, precision=precision, images=images, spec=spec,
                family=get_model(cfg.model), loss=get_loss(cfg.loss),
                ops=parse_policy(cfg.diffaugment), batch=batch,
-               target_images=int(round(cfg.kimg * 1000)), deadline=deadline, run_dir=run_dir,
+               target_images=int(round(cfg.kimg * 1000)), deadline=deadline,
+               deadline_reason=reason, run_dir=run_dir,
                quiet=quiet, start_time=start_time, schedules=schedules,
                real_diversity=_real_diversity(images, cfg.seed))
+
+
+def _resume_source(path: Path) -> Path:
+    """train.resume_from: a run folder (its checkpoints/ inside) or a checkpoints folder."""
+    if not path.is_dir():
+        raise UserError(f"train.resume_from is {str(path)!r}, which is not a folder; give a run "
+                        "folder (data/runs/<run>) or its checkpoints/ folder")
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
 def _recorded_precision(run_dir: Path) -> dict | None:

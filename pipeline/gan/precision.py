@@ -110,36 +110,35 @@ def resolve_precision(cfg: TrainConfig, device: torch.device, spec: ModelSpec, b
                       recorded: dict | None = None) -> Precision:
     """cfg.amp -> autocast dtype, and the memory layout.
 
-    amp auto: bf16 on CUDA when supported, fp16 otherwise; on a CPU, bf16 where it is native
-    (cpu_has_native_bf16) and a probe of the run's own networks finds it faster, else fp32.
-    Layout: NHWC on CUDA for convolutional families (tensor cores); on a CPU the layout the
-    probe finds faster for the chosen dtype.
+    amp auto: on CUDA bf16 when supported (fp16 otherwise) and NHWC for convolutional families
+    (tensor cores). On a CPU, a probe of the run's own networks picks both: bf16 where the CPU
+    has it natively (cpu_has_native_bf16) and it is measured faster, else fp32; then the faster
+    layout for that dtype. An explicit amp (off, bf16, fp16) is obeyed, with the family's
+    default layout: no timing decides anything, so two runs of the same settings are the same
+    computation, bit for bit.
 
     `recorded` holds what a run folder says it started with ({"amp": "torch.bfloat16",
-    "channels_last": false}): a resumed run keeps it, so a noisy probe cannot switch precision
-    or layout halfway through a run.
+    "channels_last": false}): a resumed auto run keeps it, so a noisy probe cannot switch
+    precision or layout halfway through a run.
     """
     recorded = recorded or {}
     family = get_model(cfg.model)
     explicit = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if cfg.amp != "auto":
+        return Precision(device=device, dtype=explicit[cfg.amp],
+                         channels_last=family.channels_last)
     if device.type == "cuda":
-        dtype = explicit.get(cfg.amp, torch.bfloat16 if torch.cuda.is_bf16_supported()
-                             else torch.float16)
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return Precision(device=device, dtype=dtype, channels_last=family.channels_last)
-    auto = cfg.amp == "auto"
-    known_dtype = recorded.get("amp") in DTYPES if auto else True
-    known_layout = isinstance(recorded.get("channels_last"), bool) or not family.channels_last
-    dtype = (DTYPES[recorded["amp"]] if auto else explicit[cfg.amp]) if known_dtype else None
-    channels_last = recorded.get("channels_last", False) if known_layout else False
-    if not (known_dtype and known_layout):
-        if known_dtype:
-            candidates: tuple[torch.dtype | None, ...] = (dtype,)
-        else:
-            candidates = (None, torch.bfloat16) if cpu_has_native_bf16() else (None,)
-        probed_dtype, probed_layout = fastest_on_cpu(
-            cpu_step_seconds(spec, batch, candidates), auto=not known_dtype)
-        dtype = dtype if known_dtype else probed_dtype
-        channels_last = channels_last if known_layout else probed_layout
+    if recorded.get("amp") in DTYPES and (isinstance(recorded.get("channels_last"), bool)
+                                          or not family.channels_last):
+        return Precision(device=device, dtype=DTYPES[recorded["amp"]],
+                         channels_last=bool(recorded.get("channels_last", False)))
+    candidates = (None, torch.bfloat16) if cpu_has_native_bf16() else (None,)
+    if recorded.get("amp") in DTYPES:  # a run from before layouts were recorded: keep its dtype
+        candidates = (DTYPES[recorded["amp"]],)
+    dtype, channels_last = fastest_on_cpu(cpu_step_seconds(spec, batch, candidates),
+                                          auto=len(candidates) > 1)
     return Precision(device=device, dtype=dtype, channels_last=channels_last)
 
 

@@ -436,6 +436,11 @@ class ScoreResult:
     preprocessing: str  # PREPROCESSING
     device: str
     warnings: tuple[str, ...]  # reasons to doubt or qualify the numbers
+    inception_score: float | None = None  # IS (10 splits); None: the weights lack the classifier
+    inception_score_std: float | None = None
+    # The generated images closest to a reference image in Inception space (MiFID's pairs):
+    # {"generated": path, "reference": path, "distance": cosine distance}, closest first.
+    nearest: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready dict (warnings as a list)."""
@@ -494,10 +499,8 @@ def score_folders(
     torch_device = resolve_device(cfg.device, "score.device")
     weights = inception.resolve_weights(cache_dir)
     model = inception.load_inception(weights, torch_device)
-    ref = load_reference(
-        reference, cfg.reference_n, model, weights, cache_dir, batch_size, torch_device, workers,
-        quiet,
-    )
+    ref = load_reference(reference, cfg.reference_n, model, weights, cache_dir, batch_size,
+                         torch_device, workers, quiet)
     if ref.skipped:
         notes.append(_skip_note("reference", ref.skipped))
 
@@ -512,21 +515,61 @@ def score_folders(
     mu, sigma = statistics(features)
     fid = frechet_distance(mu, sigma, ref.mu, ref.sigma)
     if len(features) < MIN_RELIABLE:
-        notes.append(
-            f"FID with fewer than {MIN_RELIABLE:,} images is unreliable "
-            f"({len(features):,} scored); compare scores only at the same image count"
-        )
+        notes.append(f"FID with fewer than {MIN_RELIABLE:,} images is unreliable "
+                     f"({len(features):,} scored); compare scores only at the same image count")
 
     kid_mean, kid_std, precision, recall, mifid = _feature_metrics(
         fid, features, ref.features, cfg, notes
     )
+    is_mean, is_std = _inception_score(features, weights, notes)
+    nearest = _nearest(features, [f for f in files if f not in dict(skipped)], ref, reference,
+                       cfg.reference_n)
     return ScoreResult(
         fid=fid, kid_mean=kid_mean, kid_std=kid_std, precision=precision, recall=recall,
         mifid=mifid, n_generated=len(features), n_generated_total=len(all_files),
         n_reference=ref.n, weights_sha256=weights.sha256, weights_path=str(weights.path),
         weights_source=weights.source, generated_dir=str(generated),
         reference_dir=str(reference), reference_cache=str(ref.cache_path),
-        preprocessing=PREPROCESSING, device=str(torch_device), warnings=tuple(notes))
+        preprocessing=PREPROCESSING, device=str(torch_device), warnings=tuple(notes),
+        inception_score=is_mean, inception_score_std=is_std, nearest=nearest)
+
+
+IS_SPLITS = 10  # the Inception Score's customary splits
+NEAREST_PAIRS = 16  # generated-reference pairs kept for the report's nearest-neighbour sheet
+
+
+def _inception_score(features: np.ndarray, weights: inception.InceptionWeights,
+                     notes: list[str]) -> tuple[float | None, float | None]:
+    """IS from the pool3 features and the weights' classifier; (None, None) and a note when
+    the weights carry no classifier or there are too few images."""
+    classifier = inception.classifier_weight(weights)
+    if classifier is None:
+        notes.append(f"Inception Score skipped: the Inception weights in use ({weights.source}) "
+                     "carry no classifier; pytorch-fid's own weight file does (it is downloaded "
+                     "once when online)")
+        return None, None
+    if len(features) < IS_SPLITS:
+        notes.append(f"Inception Score skipped: it needs at least {IS_SPLITS} images")
+        return None, None
+    logits = features @ classifier.double().numpy().T  # (N, 1008), no bias: as the original
+    result = metrics.inception_score(logits, IS_SPLITS)
+    return result.mean, result.std
+
+
+def _nearest(features: np.ndarray, files: list[Path], ref: ReferenceStats, reference: Path,
+             reference_n: int) -> tuple[dict[str, Any], ...]:
+    """The NEAREST_PAIRS closest (generated, reference) pairs with their files, for the
+    report's sheet; () for a bare .npz reference (no features, no files)."""
+    if ref.features is None or not reference.is_dir():
+        return ()
+    skipped = {path for path, _ in ref.skipped}
+    reference_files = [f for f in list_images(reference, reference_n) if f not in skipped]
+    if len(reference_files) != len(ref.features) or len(files) != len(features):
+        return ()  # rows and files out of step (a stale cache): no sheet rather than a wrong one
+    return tuple({"generated": str(files[g]), "reference": str(reference_files[r]),
+                  "distance": distance}
+                 for g, r, distance in metrics.nearest_pairs(features, ref.features,
+                                                             NEAREST_PAIRS))
 
 
 def _generated_files(generated: Path, n: int, notes: list[str]) -> tuple[list[Path], list[Path]]:

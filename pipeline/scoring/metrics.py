@@ -215,3 +215,54 @@ def mifid(
     distance = memorization_distance(generated, reference)
     thresholded = distance if distance < epsilon else 1.0
     return float(fid / (thresholded + FID_EPSILON))
+
+
+def nearest_pairs(generated: np.ndarray, reference: np.ndarray, count: int
+                  ) -> list[tuple[int, int, float]]:
+    """The `count` generated rows closest to a reference row (cosine distance 1 - |cos|, as
+    MiFID measures it): (generated index, reference index, distance), closest first.
+
+    These are the pairs MiFID penalises: a generated image at distance ~0 is a near copy.
+    """
+    gen = _as_features(generated, "generated").astype(np.float64)
+    ref = _as_features(reference, "reference").astype(np.float64)
+    gen /= np.maximum(np.linalg.norm(gen, axis=1, keepdims=True), 1e-12)
+    ref32 = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
+             ).astype(np.float32)
+    best_ref = np.empty(len(gen), dtype=np.int64)
+    best_distance = np.empty(len(gen), dtype=np.float64)
+    for start in range(0, len(gen), BLOCK_ROWS):
+        block = gen[start : start + BLOCK_ROWS].astype(np.float32)
+        distance = 1.0 - np.abs((block @ ref32.T).astype(np.float64))  # (B, M)
+        best_ref[start : start + BLOCK_ROWS] = distance.argmin(axis=1)
+        best_distance[start : start + BLOCK_ROWS] = distance.min(axis=1)
+    order = np.argsort(best_distance, kind="stable")[:count]
+    return [(int(i), int(best_ref[i]), float(best_distance[i])) for i in order]
+
+
+@dataclass(frozen=True)
+class InceptionScore:
+    mean: float  # exp(E_x KL(p(y|x) || p(y))), averaged over the splits; higher is better
+    std: float  # spread over the splits
+    splits: int
+
+
+def inception_score(logits: np.ndarray, splits: int = 10) -> InceptionScore:
+    """Inception Score (Salimans et al. 2016) of (N, classes) logits, N split in order.
+
+    For each split: p(y|x) = softmax(logits), p(y) its mean over the split, IS = exp of the mean
+    KL divergence. The logits are pool3 features times the classifier's weights without its bias,
+    as the original TensorFlow code (and torch-fidelity) compute them.
+    """
+    if logits.ndim != 2 or len(logits) < splits:
+        raise ValueError(f"inception_score needs (N, classes) logits with N >= splits ({splits}),"
+                         f" not shape {logits.shape}")
+    x = logits.astype(np.float64)
+    log_p = x - x.max(axis=1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=1, keepdims=True))  # log softmax, (N, classes)
+    scores = []
+    for part in np.array_split(log_p, splits):
+        p = np.exp(part)
+        log_marginal = np.log(p.mean(axis=0, keepdims=True))  # (1, classes)
+        scores.append(np.exp((p * (part - log_marginal)).sum(axis=1).mean()))
+    return InceptionScore(float(np.mean(scores)), float(np.std(scores)), splits)
