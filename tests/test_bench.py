@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
     ("bench_pad.py", ["--n", "8"]),
     ("bench_families.py", ["--size", "32", "--steps", "3", "--warmup", "1", "--group", "1",
                            "--only", "dcgan", "fastgan"]),
+    ("bench_layout.py", ["--size", "32", "--repeats", "1", "--only", "fastgan"]),
     ("bench_models.py", ["--minutes", "0.02", "--n", "16", "--eval-n", "10", "--limit", "24",
                          "--size", "64", "--train-size", "32", "--set", "train.seed=1",
                          "--only", "fastgan"]),

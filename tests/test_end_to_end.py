@@ -405,10 +405,14 @@ def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
 
 
 def test_make_targets_and_help(project):
+    """The make targets in kernel mode (ENV=system): the test environment's own interpreter and
+    packages, as in a Kaggle or Colab notebook; no .venv is built or used."""
     help_text = subprocess.run(["make", "help"], cwd=REPO, capture_output=True, text=True).stdout
-    for target in ("all", "fid", "test", "status", "train", "bench", "clean"):
+    for target in ("all", "fid", "test", "status", "train", "bench", "clean", "runs",
+                   "submissions", "export", "interpolate", "check-env"):
         assert f" {target} " in help_text or f"{target} " in help_text
-    command = ["make", "package", f"PARAMS={project / 'params.yaml'}",
+    command = ["make", "package", "ENV=system", f"PYTHON={sys.executable}",
+               "VENV=/nonexistent-venv", f"PARAMS={project / 'params.yaml'}",
                f"ARGS=--root {project} --quiet", "SET=train.seed=2 generate.count=40"]
     first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout + first.stderr
