@@ -209,3 +209,35 @@ def test_the_converted_weights_carry_no_classifier(tmp_path: Path) -> None:
     torch.save(state, real)
     with_fc = inception.InceptionWeights(**{**weights.__dict__, "path": real})
     assert torch.equal(inception.classifier_weight(with_fc), torch.full((1008, 2048), 0.5))
+
+
+# ----------------------------------------------------------------------------------------------
+# Export to ONNX (when the onnx package is installed; a dev dependency)
+
+
+@pytest.mark.parametrize("name, output_size", [("dcgan", 0), ("fastgan", 64)])
+def test_onnx_export_draws_the_torchscript_pixels(tmp_path: Path, name: str,
+                                                  output_size: int) -> None:
+    """The ONNX file, run by onnx's own reference evaluator at a batch size other than the
+    traced one, gives the TorchScript module's pixels exactly (FastGAN: with the bicubic
+    upsampling to the delivery size)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    from pipeline.deliver.export import export_generator
+    from pipeline.gan.models import ModelSpec, build_generator, save_generator
+
+    torch.manual_seed(0)
+    spec = ModelSpec(name=name, size=32, channels=3, nz=16, width=1 / 16,
+                     output_size=output_size)
+    save_generator(build_generator(spec), spec, tmp_path / "generator")
+    report = export_generator(tmp_path / "generator", tmp_path / "export")
+    assert report.onnx_skipped == "" and "generator.onnx" in report.files
+    model = onnx.load(str(tmp_path / "export/generator.onnx"))
+    onnx.checker.check_model(model)
+    z = seed_latents(range(3), 16)
+    pixels = ReferenceEvaluator(model).run(None, {"z": z.numpy()})[0]
+    scripted = torch.jit.load(str(tmp_path / "export/generator.torchscript.pt"))(z).numpy()
+    side = output_size or 32
+    assert pixels.dtype == scripted.dtype == "uint8" and pixels.shape == (3, side, side, 3)
+    assert (pixels == scripted).all()

@@ -12,7 +12,9 @@ rounded exactly as the PNGs are. `export.json` says nz, the image shape and that
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,12 +85,14 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> str:
     """ONNX through torch.onnx (the TorchScript-based exporter); "" or why it was skipped."""
     if importlib.util.find_spec("onnx") is None:
         return "the onnx package is not installed (pip install onnx)"
+    quiet = io.StringIO()  # the exporter prints the whole graph when it fails
     try:
-        atomic_write_bytes(path, lambda handle: torch.onnx.export(
-            module, (example,), handle, input_names=["z"], output_names=["pixels"],
-            dynamic_axes={"z": {0: "n"}, "pixels": {0: "n"}}, dynamo=False))
+        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            atomic_write_bytes(path, lambda handle: torch.onnx.export(
+                module, (example,), handle, input_names=["z"], output_names=["pixels"],
+                dynamic_axes={"z": {0: "n"}, "pixels": {0: "n"}}, dynamo=False))
     except Exception as error:  # noqa: BLE001 - an operator ONNX lacks: say so, keep TorchScript
-        return f"torch.onnx.export failed: {str(error).splitlines()[0]}"
+        return f"torch.onnx.export failed: {str(error).splitlines()[0][:300]}"
     return ""
 
 

@@ -164,14 +164,15 @@ def up_block_comp(c_in: int, c_out: int, resolution: int) -> nn.Sequential:
 class SkipExcitation(nn.Module):
     """SLE: channel gates in (0, 1) from a map `low`, multiplied into a map `high`.
 
-    `low` (N, c_low, h, w) is pooled to 4x4 and squeezed to (N, c_high, 1, 1), so the two maps
-    may have any sides; only their channels are tied.
+    `low` (N, c_low, low_side, low_side) is average-pooled to 4x4 (a fixed window: the same as
+    the paper's adaptive pool for these power-of-two sides, and exportable to ONNX with any
+    batch size) and squeezed to (N, c_high, 1, 1); only the channels of the two maps are tied.
     """
 
-    def __init__(self, c_low: int, c_high: int, *, sn: bool = False) -> None:
+    def __init__(self, c_low: int, c_high: int, low_side: int, *, sn: bool = False) -> None:
         super().__init__()
         self.gate = nn.Sequential(
-            nn.AdaptiveAvgPool2d(4),
+            nn.AvgPool2d(low_side // 4) if low_side > 4 else nn.Identity(),
             _conv(c_low, c_high, 4, sn=sn),  # (N, c_high, 1, 1)
             nn.LeakyReLU(0.1),
             _conv(c_high, c_high, 1, sn=sn),
@@ -204,7 +205,7 @@ class Generator(nn.Module):
         })
         targets = [r for r in G_SLE_TARGETS if r <= size]
         self.sles = nn.ModuleDict(
-            {str(r): SkipExcitation(c[r // SLE_RATIO], c[r]) for r in targets}
+            {str(r): SkipExcitation(c[r // SLE_RATIO], c[r], r // SLE_RATIO) for r in targets}
         )
         self.sources = {r // SLE_RATIO for r in targets}  # maps kept for the SLE gates
         self.to_rgb = nn.Sequential(_conv(c[size], channels, 3, 1, 1, bias=True), nn.Tanh())
@@ -268,7 +269,8 @@ class Discriminator(nn.Module):
         self.downs = nn.ModuleDict({str(r): DownBlockComp(c[2 * r], c[r]) for r in self.sides})
         targets = [r for r in D_SLE_TARGETS if r * SLE_RATIO <= size]
         self.sles = nn.ModuleDict(
-            {str(r): SkipExcitation(c[r * SLE_RATIO], c[r], sn=True) for r in targets}
+            {str(r): SkipExcitation(c[r * SLE_RATIO], c[r], r * SLE_RATIO, sn=True)
+             for r in targets}
         )
         self.sources = {r * SLE_RATIO for r in targets} | {16}  # kept maps (16: the quarter)
         self.head = nn.Sequential(
