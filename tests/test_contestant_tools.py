@@ -241,3 +241,21 @@ def test_onnx_export_draws_the_torchscript_pixels(tmp_path: Path, name: str,
     side = output_size or 32
     assert pixels.dtype == scripted.dtype == "uint8" and pixels.shape == (3, side, side, 3)
     assert (pixels == scripted).all()
+
+
+def test_a_family_onnx_cannot_trace_is_skipped_quietly(tmp_path: Path,
+                                                       capfd: pytest.CaptureFixture) -> None:
+    """StyleGAN2's per-sample modulated convolutions do not trace into ONNX: the TorchScript
+    file is still written, the reason is returned in one line, and the exporter's graph dump
+    (printed from C++) never reaches the terminal."""
+    pytest.importorskip("onnx")
+    from pipeline.deliver.export import export_generator
+    from pipeline.gan.models import ModelSpec, build_generator, save_generator
+
+    spec = ModelSpec(name="stylegan2", size=32, channels=3, nz=16, width=1 / 16)
+    save_generator(build_generator(spec), spec, tmp_path / "generator")
+    report = export_generator(tmp_path / "generator", tmp_path / "export")
+    assert report.files == ("generator.torchscript.pt", "export.json")
+    assert report.onnx_skipped.startswith("torch.onnx.export failed: ")
+    captured = capfd.readouterr()
+    assert "%" not in captured.out + captured.err  # no graph lines such as "%x.15 : Float(..."

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,14 +66,19 @@ def export_generator(generator_dir: Path, out_dir: Path) -> ExportReport:
     # Exactly the network generate runs (BN folded, channels-last), so the pixels match its PNGs.
     module = PixelGenerator(fold_batchnorm(generator).to(memory_format=torch.channels_last))
     example = torch.randn(TRACE_BATCH, spec.nz, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode(False), torch.no_grad():
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # torch >= 2.9 flags torch.jit as deprecated; TorchScript is still what loads with torch
+    # alone, and the warning would only alarm a user who did nothing wrong.
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+. is deprecated",
+                                category=FutureWarning)
         try:
             traced = torch.jit.trace(module, example)
         except Exception as error:  # noqa: BLE001 - a family the tracer cannot follow
             raise UserError(f"cannot trace the {spec.name} generator for TorchScript ({error})"
                             ) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / TORCHSCRIPT_FILE, lambda handle: torch.jit.save(traced, handle))
+        atomic_write_bytes(out_dir / TORCHSCRIPT_FILE,
+                           lambda handle: torch.jit.save(traced, handle))
     files = [TORCHSCRIPT_FILE]
     onnx_skipped = _export_onnx(module, example, out_dir / ONNX_FILE)
     if not onnx_skipped:
@@ -85,15 +93,34 @@ def _export_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> str:
     """ONNX through torch.onnx (the TorchScript-based exporter); "" or why it was skipped."""
     if importlib.util.find_spec("onnx") is None:
         return "the onnx package is not installed (pip install onnx)"
-    quiet = io.StringIO()  # the exporter prints the whole graph when it fails
     try:
-        with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with _silenced():  # the exporter prints its whole graph (from C++) when it fails
             atomic_write_bytes(path, lambda handle: torch.onnx.export(
                 module, (example,), handle, input_names=["z"], output_names=["pixels"],
                 dynamic_axes={"z": {0: "n"}, "pixels": {0: "n"}}, dynamo=False))
     except Exception as error:  # noqa: BLE001 - an operator ONNX lacks: say so, keep TorchScript
         return f"torch.onnx.export failed: {str(error).splitlines()[0][:300]}"
     return ""
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Standard output and error, Python's and the C++ side's (file descriptors 1 and 2),
+    sent to /dev/null while the block runs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            os.dup2(null.fileno(), 1)
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
 
 
 def _description(spec: ModelSpec, generator_dir: Path) -> dict:
