@@ -58,6 +58,10 @@ score:
 
 pytestmark = pytest.mark.slow
 
+# Torch threads of every CLI run here: both cores (scoring and generation are most of the time
+# these tests wait for). Runs compared byte for byte all use the same count.
+CLI_ENV = {"OMP_NUM_THREADS": "2"}
+
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run `python -m pipeline ARGS --root ROOT --params ROOT/params.yaml` and return it."""
@@ -66,7 +70,7 @@ def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
         command += ["--root", str(root), "--params", str(root / "params.yaml"), "--quiet"
                     ] if args[0] == "run" else ["--root", str(root)]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, **CLI_ENV})
     if check and result.returncode != 0:
         raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
     return result
@@ -299,7 +303,7 @@ def _run_and_kill_when(root: Path, ready, *settings: str) -> bool:
         command += ["--set", setting]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+                               env={**os.environ, **CLI_ENV})
     deadline = time.time() + 600
     while process.poll() is None and time.time() < deadline:
         if ready():
