@@ -9,7 +9,8 @@ Each row times pipeline.gan.precision.cpu_step_seconds, the probe the training l
 warm-up), for fp32 and bf16 autocast in NHWC and NCHW, on the CPU at hand: the layout ratio and
 the bf16 gain are what auto picks from. FastGAN is also timed with its reconstruction decoders
 at the paper's sides and at train.recon_size 16. Both sides of every ratio run in the same
-process, on the same networks and inputs.
+process, on the same networks and inputs, and each row first asserts that both layouts give
+the same loss (fp32, to 1e-4): the same work, only the memory order differs.
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from pipeline.gan.models import ModelSpec  # noqa: E402
+from pipeline.gan.models import (  # noqa: E402
+    ModelSpec,
+    build_discriminator,
+    build_generator,
+    get_model,
+)
 from pipeline.gan.precision import cpu_has_native_bf16, cpu_step_seconds  # noqa: E402
 
 # (row name, family, width, batch, nz, recon_size): the CPU recipes of bench_models.py.
@@ -34,6 +40,23 @@ CASES = (
     ("r3gan", "r3gan", 0.125, 32, 128, 0),
     ("stylegan2", "stylegan2", 1.0, 32, 128, 0),
 )
+
+
+def layout_losses(spec: ModelSpec, batch: int) -> tuple[float, float]:
+    """The probe's loss (fp32) in NHWC and in NCHW from the same weights and latents: both
+    layouts must do the same work, or their times would compare different things."""
+    family = get_model(spec.name)
+    losses = []
+    for layout in (torch.channels_last, torch.contiguous_format):
+        torch.manual_seed(0)
+        G = build_generator(spec).to(memory_format=layout)
+        D = build_discriminator(spec).to(memory_format=layout)
+        z = torch.randn(batch, spec.nz)
+        with torch.no_grad():
+            out = D(G(z), aux=True) if family.d_aux_loss else D(G(z))
+            logits, extra = out if family.d_aux_loss else (out, 0.0)
+            losses.append(float(logits.float().mean() + extra))
+    return losses[0], losses[1]
 
 
 def main() -> None:
@@ -52,6 +75,8 @@ def main() -> None:
             continue
         spec = ModelSpec(name=family, size=args.size, channels=3, nz=nz, width=width,
                          recon_size=min(recon, args.size))
+        nhwc, nchw = layout_losses(spec, batch)
+        assert abs(nhwc - nchw) <= 1e-4 * max(1.0, abs(nchw)), (row, nhwc, nchw)
         seconds = cpu_step_seconds.__wrapped__(spec, batch, dtypes, args.repeats)
         cells = [f"{1000 * seconds[(d, cl)]:10.1f}" if (d, cl) in seconds else f"{'-':>10}"
                  for d in (None, torch.bfloat16) for cl in (True, False)]

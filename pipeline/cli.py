@@ -277,12 +277,10 @@ def runs(root: RootOption = Path("."), params: ParamsOption = None,
          set_: SetOption = None) -> None:
     """Every training run in data/runs/: settings changed from params.yaml, kimg, minutes,
     best evaluation, newest grid. Read-only: never waits for a running command."""
-    from pipeline.gan.runs import list_runs, runs_table
+    from pipeline.gan.runs import list_runs, run_folder, runs_table
 
     graph = _graph(root, params, _split_overrides(set_ or []))
-    pointer = graph.output_dir("train") / layout.RUN_DIR_TXT
-    current = (graph.project.root / pointer.read_text(encoding="utf-8").strip()
-               if pointer.is_file() else None)
+    current = run_folder(graph.output_dir("train"), graph.project.root)
     print(runs_table(list_runs(graph.project.data / "runs"), graph.params.train,
                      graph.project.root, current))
 

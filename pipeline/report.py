@@ -29,7 +29,11 @@ from pipeline.core.runner import Graph, swap_into_place
 from pipeline.gan.plots import make_grid, read_stats
 from pipeline.ingest.decisions import count_by_reason, read_decisions, rejected
 from pipeline.ingest.images import composite, load_image
-from pipeline.scoring.history import precision_recall_reading, settings_change
+from pipeline.scoring.history import (
+    inception_score_text,
+    precision_recall_reading,
+    settings_change,
+)
 from pipeline.scoring.metrics import MIFID_EPSILON
 
 MAKE_TARGETS = {"score": "fid"}  # stage -> make target, where they differ
@@ -520,8 +524,7 @@ def _score_rows(score: dict[str, Any]) -> list[list[str]]:
             ["recall", _fmt(score.get("recall"), 3)],
             ["precision and recall read", precision_recall_reading(score)],
             ["MiFID", _fmt(score.get("mifid"))],
-            ["Inception Score", _fmt(score.get("inception_score")) if score.get(
-                "inception_score") is not None else "- (the weights in use carry no classifier)"],
+            ["Inception Score", inception_score_text(score)],
             ["images scored", scored], ["reference images", _fmt(score.get("n_reference"))],
             ["Inception weights", weights], ["device", _fmt(score.get("device"))]]
 

@@ -15,6 +15,7 @@ from pipeline.core.errors import UserError
 from pipeline.core.runner import Stage, StageContext, StageResult
 from pipeline.deliver.generate import generate_on_all_ranks
 from pipeline.gan.checkpoint import snapshot_dir
+from pipeline.gan.runs import run_folder
 
 
 def chosen_generator(train_dir: Path, root: Path, snapshot: str | float) -> Path:
@@ -24,7 +25,10 @@ def chosen_generator(train_dir: Path, root: Path, snapshot: str | float) -> Path
         return best if best.is_dir() else train_dir / layout.GENERATOR_DIR
     if snapshot == "last":
         return train_dir / layout.GENERATOR_DIR
-    run_dir = root / (train_dir / layout.RUN_DIR_TXT).read_text(encoding="utf-8").strip()
+    run_dir = run_folder(train_dir, root)
+    if run_dir is None:
+        raise UserError(f"generate.snapshot is {snapshot!r} but {train_dir} does not say which "
+                        "training run it came from; rerun the train stage")
     folder = snapshot_dir(run_dir, float(snapshot))
     if not folder.is_dir():
         kept = sorted(p.name.removeprefix("kimg") for p in (run_dir / "snapshots").glob("kimg*"))

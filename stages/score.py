@@ -14,20 +14,22 @@ from pathlib import Path
 from pipeline.core import layout
 from pipeline.core.config import TrainConfig
 from pipeline.core.runner import Stage, StageContext, StageResult
-from pipeline.gan.runs import changed_settings
+from pipeline.gan.runs import changed_settings, run_folder
 from pipeline.scoring.fid import score_folders
 from pipeline.scoring.history import append_history, format_table, settings_text
 
 
-def _training_run(train_dir: Path) -> tuple[str, str]:
+def _training_run(train_dir: Path, root: Path) -> tuple[str, str]:
     """The run folder behind the generated images and its settings changed from the defaults
     (empty strings when train's output says nothing, e.g. an older project)."""
+    run = run_folder(train_dir, root)
     try:
-        run = Path((train_dir / layout.RUN_DIR_TXT).read_text(encoding="utf-8").strip()).name
         options = json.loads((train_dir / layout.TRAINING_OPTIONS_JSON).read_text("utf-8"))
     except (OSError, ValueError):
+        options = None
+    if run is None or options is None:
         return "", ""
-    return run, settings_text(changed_settings(options.get("config", {}), TrainConfig()))
+    return run.name, settings_text(changed_settings(options.get("config", {}), TrainConfig()))
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -37,7 +39,7 @@ def run(ctx: StageContext) -> StageResult:
                            cache_dir=ctx.project.data / "cache", quiet=ctx.quiet)
     score = result.as_dict()
     (ctx.out_dir / layout.SCORE_JSON).write_text(json.dumps(score, indent=2))
-    run, settings = _training_run(ctx.project.data / "train")
+    run, settings = _training_run(ctx.project.data / "train", ctx.project.root)
     append_history(ctx.project.path(f"data/score/{layout.HISTORY_CSV}"),
                    ctx.out_dir / layout.HISTORY_CSV,
                    score, ctx.upstream_fingerprints["generate"], run, settings)

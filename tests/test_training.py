@@ -478,7 +478,10 @@ def test_resume_from_a_checkpoint_kept_elsewhere(pack_dir: Path, tmp_path: Path)
 def test_budget_minutes_keeps_time_for_generating(pack_dir: Path, tmp_path: Path) -> None:
     """A budget that the estimated delivery of 10 million images already exceeds stops
     training at its first check; the estimate grows with the image count."""
-    from pipeline.gan.budget import delivery_seconds
+    from pipeline.deliver.generate import PNG_LEVEL
+    from pipeline.gan.budget import GENERATE_PNG_LEVEL, delivery_seconds
+
+    assert GENERATE_PNG_LEVEL == PNG_LEVEL  # the probe encodes as generate does
 
     spec = spec_from_config(TINY, 32, 3)
     small, large = (delivery_seconds(spec, n, torch.device("cpu")) for n in (100, 100_000))

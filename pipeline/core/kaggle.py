@@ -105,16 +105,19 @@ def _new_api() -> Any:
     return api
 
 
-def _explain(error: Exception, what: str, rules_url: str = "") -> UserError:
-    """Turn a requests/kaggle failure into one actionable sentence."""
+OFFLINE_ADVICE = ("connect to the internet, or use a dir:PATH or zip:PATH source with files you "
+                  "already have")  # what a fetch can do instead; submit and listing say theirs
+
+
+def _explain(error: Exception, what: str, rules_url: str = "",
+             offline_advice: str = OFFLINE_ADVICE) -> UserError:
+    """Turn a requests/kaggle failure into one actionable sentence; `offline_advice` ends the
+    sentence when Kaggle cannot be reached at all."""
     import requests  # a dependency of kaggle; imported late like it
 
     # No answer at all: offline, DNS failure, firewall.
     if isinstance(error, (requests.ConnectionError, requests.Timeout)):
-        return UserError(
-            f"{what} failed: cannot reach Kaggle (offline?); connect to the internet, or use a "
-            "dir:PATH or zip:PATH source with files you already have"
-        )
+        return UserError(f"{what} failed: cannot reach Kaggle (offline?); {offline_advice}")
     # The kaggle client raises requests' HTTPError with the response attached.
     status = getattr(getattr(error, "response", None), "status_code", None)
     if status == 401:

@@ -28,6 +28,7 @@ from torch import nn
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_bytes, atomic_write_text
 from pipeline.gan.models import ModelSpec, fold_batchnorm, load_generator
+from pipeline.gan.plots import pixel_levels
 
 TORCHSCRIPT_FILE = "generator.torchscript.pt"
 ONNX_FILE = "generator.onnx"
@@ -43,9 +44,7 @@ class PixelGenerator(nn.Module):
         self.generator = generator
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        images = self.generator(z)  # (N, C, H, W) in [-1, 1]
-        pixels = images.float().mul(127.5).add(127.5).clamp(0, 255).round()
-        return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
+        return pixel_levels(self.generator(z)).contiguous()  # (N, H, W, C) uint8
 
 
 @dataclass(frozen=True)

@@ -209,12 +209,8 @@ def submit_to_kaggle(zip_path: Path, competition: str, message: str) -> str:
         with contextlib.redirect_stdout(io.StringIO()):  # the client prints upload progress
             reply = api.competition_submit(str(zip_path), message, competition, quiet=True)
     except Exception as error:  # requests errors and the client's own
-        import requests  # a dependency of kaggle, loaded with it
-
-        if isinstance(error, (requests.ConnectionError, requests.Timeout)):
-            raise UserError(f"submission to {competition} failed: cannot reach Kaggle (offline?); "
-                            "connect to the internet and run the package stage again") from None
-        raise kaggle._explain(error, f"submission to {competition}", rules) from None
+        raise kaggle._explain(error, f"submission to {competition}", rules,
+                              "connect to the internet and run the package stage again") from None
     text = str(reply.message or "")
     if text == api.COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE:
         raise UserError(f"the upload of {zip_path} to Kaggle did not complete; try again")
@@ -264,13 +260,9 @@ def kaggle_submissions(competition: str) -> list[dict[str, Any]]:
     try:
         listed = api.competition_submissions(competition) or []
     except Exception as error:  # requests errors and the client's own
-        import requests  # a dependency of kaggle, loaded with it
-
-        if isinstance(error, (requests.ConnectionError, requests.Timeout)):
-            raise UserError(f"cannot reach Kaggle to read {competition}'s submissions "
-                            "(offline?)") from None
         raise kaggle._explain(error, f"reading the submissions of {competition}",
-                              f"https://www.kaggle.com/competitions/{competition}") from None
+                              f"https://www.kaggle.com/competitions/{competition}",
+                              "connect to the internet for Kaggle's scores") from None
     return [{"file_name": s.file_name, "date": s.date, "description": s.description,
              "status": getattr(s.status, "name", str(s.status)),
              "public_score": s.public_score or None, "private_score": s.private_score or None}

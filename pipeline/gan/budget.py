@@ -18,10 +18,13 @@ import torch
 from PIL import Image
 
 from pipeline.gan.models import ModelSpec, build_generator, delivered, fold_batchnorm
+from pipeline.gan.plots import pixel_levels
 
 PROBE_IMAGES = 32  # images drawn and encoded to time a batch
 SAFETY = 2.0  # multiplier on the measured time (bigger PNGs when trained, a busier machine)
 FIXED_SECONDS = 30.0  # loading, validation and publishing of the zip, process start-up
+# deliver.generate.PNG_LEVEL, which this floor (gan, below deliver) may not import.
+GENERATE_PNG_LEVEL = 1
 ZIP_BYTES_PER_SECOND = 200e6  # a stored zip streams PNGs at disk speed; validation re-reads
 
 
@@ -38,14 +41,13 @@ def delivery_seconds(spec: ModelSpec, count: int, device: torch.device) -> float
             start = time.perf_counter()
             images = generator(z)
             forward = time.perf_counter() - start
-    pixels = images.float().mul(127.5).add(127.5).clamp(0, 255).round().to(torch.uint8)
-    pixels = pixels.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C)
+    pixels = pixel_levels(images).cpu().numpy()  # (N, H, W, C), as generate encodes them
     start = time.perf_counter()
     size = 0
     for image in pixels:
         buffer = io.BytesIO()
         Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
-            buffer, format="PNG", compress_level=1)
+            buffer, format="PNG", compress_level=GENERATE_PNG_LEVEL)
         size += buffer.tell()
     encode = time.perf_counter() - start
     workers = max(1, os.cpu_count() or 1)  # generate encodes in one process per core

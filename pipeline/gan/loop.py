@@ -128,6 +128,7 @@ class Run:
     target_images: int  # cfg.kimg in images
     deadline: float  # perf_counter() time at which the time budget is up (inf: no budget)
     deadline_reason: str  # which knob set it, for the summary line
+    resume_source: Path | None  # checkpoints folder of train.resume_from (None: not set)
     run_dir: Path
     quiet: bool
     start_time: float  # perf_counter() at the start of this call
@@ -216,12 +217,11 @@ def _train(run: Run) -> TrainReport:
     cfg, dist = run.cfg, run.dist
     state = TrainState.build(cfg, run.spec, len(run.images), run.precision, dist.rank)
     resume_path = state.restore_latest(run.ckpt_dir, cfg, run.spec, dist)
-    if resume_path is None and cfg.resume_from:  # a checkpoint from elsewhere, read only
-        source = _resume_source(Path(cfg.resume_from))
-        resume_path = state.restore_latest(source, cfg, run.spec, dist)
+    if resume_path is None and run.resume_source is not None:  # from elsewhere, read only
+        resume_path = state.restore_latest(run.resume_source, cfg, run.spec, dist)
         if resume_path is None:
-            raise UserError(f"train.resume_from is {cfg.resume_from!r} but {source} holds no "
-                            "readable checkpoint (ckpt-*.pt with its .json)")
+            raise UserError(f"train.resume_from is {cfg.resume_from!r} but {run.resume_source} "
+                            "holds no readable checkpoint (ckpt-*.pt with its .json)")
         # Its best snapshot stayed behind in the other folder: evaluations here start afresh.
         state.best = {}
     resumed_from = state.images_seen
@@ -278,20 +278,24 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
     # The precision and layout this run folder started with, if any. Rank 0 alone chooses (and
     # probes, on a CPU); the other ranks take its choice.
     batch = local_batch_size(cfg.batch_size, dist)
+    resume_source = _resume_source(Path(cfg.resume_from)) if cfg.resume_from else None
     chosen = None
     if dist.is_main:
         recorded = _recorded_precision(run_dir)
-        if recorded is None and cfg.resume_from:  # continue as the source run computed
-            recorded = _recorded_precision(_resume_source(Path(cfg.resume_from)).parent)
-        mine = resolve_precision(cfg, device, spec, batch, recorded)
-        chosen = {"amp": str(mine.dtype), "channels_last": mine.channels_last}
-    precision = resolve_precision(cfg, device, spec, batch, broadcast_object(chosen, dist))
+        if recorded is None and resume_source is not None:  # continue as the source computed
+            recorded = _recorded_precision(resume_source.parent)
+        precision = resolve_precision(cfg, device, spec, batch, recorded)
+        chosen = {"amp": str(precision.dtype), "channels_last": precision.channels_last}
+    chosen = broadcast_object(chosen, dist)
+    if not dist.is_main:
+        precision = resolve_precision(cfg, device, spec, batch, chosen)
     # Wall-clock budget of this call (Kaggle kernels stop at 9 hours): checked every step.
     deadline, reason = math.inf, ""
     if cfg.minutes > 0:
         deadline, reason = start_time + 60 * cfg.minutes, f"train.minutes={cfg.minutes:g}"
-    if cfg.budget_minutes > 0:
-        reserve = delivery_seconds(spec, deliver_count, device)
+    if cfg.budget_minutes > 0:  # timed once, on rank 0: every rank keeps the same reserve
+        reserve = broadcast_object(
+            delivery_seconds(spec, deliver_count, device) if dist.is_main else None, dist)
         if start_time + 60 * cfg.budget_minutes - reserve < deadline:
             deadline = start_time + 60 * cfg.budget_minutes - reserve
             reason = (f"train.budget_minutes={cfg.budget_minutes:g}, {reserve / 60:.1f} of "
@@ -302,7 +306,7 @@ def _setup(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool, dist: D
                family=get_model(cfg.model), loss=get_loss(cfg.loss),
                ops=parse_policy(cfg.diffaugment), batch=batch,
                target_images=int(round(cfg.kimg * 1000)), deadline=deadline,
-               deadline_reason=reason, run_dir=run_dir,
+               deadline_reason=reason, resume_source=resume_source, run_dir=run_dir,
                quiet=quiet, start_time=start_time, schedules=schedules,
                real_diversity=_real_diversity(images, cfg.seed))
 

@@ -29,6 +29,15 @@ class RunSummary:
     started: float  # modification time of training_options.json (sorts the list)
 
 
+def run_folder(train_dir: Path, root: Path) -> Path | None:
+    """The run folder the train stage's output points at (data/train/run_dir.txt, relative to
+    the project root), or None when there is no such pointer."""
+    try:
+        return root / (train_dir / layout.RUN_DIR_TXT).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
 def read_run(folder: Path) -> RunSummary | None:
     """One run folder's summary, or None when it is not one (no training_options.json)."""
     try:

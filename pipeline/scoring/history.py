@@ -68,7 +68,7 @@ def precision_recall_reading(score: dict[str, Any]) -> str:
     return read_precision_recall(float(score["precision"]), float(score["recall"]))
 
 
-def _inception_score_text(score: dict[str, Any]) -> str:
+def inception_score_text(score: dict[str, Any]) -> str:
     """"8.21 ± 0.12", or why there is none (the weights carry no classifier)."""
     if score.get("inception_score") is None:
         return "- (the Inception weights in use carry no classifier)"
@@ -87,7 +87,7 @@ def format_table(score: dict[str, Any]) -> str:
         ("recall", _fmt(score.get("recall"), 3)),
         ("reading", precision_recall_reading(score)),
         ("MiFID", _fmt(score.get("mifid"), 2)),
-        ("Inception Score", _inception_score_text(score)),
+        ("Inception Score", inception_score_text(score)),
         ("N generated", _fmt(score.get("n_generated"), 0)),
         ("N reference", _fmt(score.get("n_reference"), 0)),
         ("weights", f"{score.get('weights_source', '?')} "

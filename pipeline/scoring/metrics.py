@@ -186,22 +186,28 @@ MIFID_EPSILON = 0.1  # memorisation threshold on the cosine distance
 FID_EPSILON = 1e-15  # keeps the division finite when every image is a copy
 
 
-def memorization_distance(generated: np.ndarray, reference: np.ndarray) -> float:
-    """Mean over generated rows of the smallest cosine distance to any reference row.
-
-    Cosine distance as the competition computed it: 1 - |cos(g, r)|.
-    """
+def _nearest_reference(generated: np.ndarray, reference: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """For each generated row, the index of its nearest reference row and that smallest cosine
+    distance, as the competition computed it: 1 - |cos(g, r)|. Both (N,) arrays."""
     gen = _as_features(generated, "generated").astype(np.float64)
     ref = _as_features(reference, "reference").astype(np.float64)
     gen /= np.maximum(np.linalg.norm(gen, axis=1, keepdims=True), 1e-12)  # unit rows
     ref /= np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
     ref32 = ref.astype(np.float32)
-    nearest = np.empty(len(gen), dtype=np.float64)
+    nearest = np.empty(len(gen), dtype=np.int64)
+    distances = np.empty(len(gen), dtype=np.float64)
     for start in range(0, len(gen), BLOCK_ROWS):
         block = gen[start : start + BLOCK_ROWS].astype(np.float32)
-        cosine = (block @ ref32.T).astype(np.float64)  # (B, M)
-        nearest[start : start + BLOCK_ROWS] = (1.0 - np.abs(cosine)).min(axis=1)
-    return float(nearest.mean())
+        distance = 1.0 - np.abs((block @ ref32.T).astype(np.float64))  # (B, M)
+        nearest[start : start + BLOCK_ROWS] = distance.argmin(axis=1)
+        distances[start : start + BLOCK_ROWS] = distance.min(axis=1)
+    return nearest, distances
+
+
+def memorization_distance(generated: np.ndarray, reference: np.ndarray) -> float:
+    """Mean over generated rows of the smallest cosine distance to any reference row."""
+    return float(_nearest_reference(generated, reference)[1].mean())
 
 
 def mifid(
@@ -224,20 +230,9 @@ def nearest_pairs(generated: np.ndarray, reference: np.ndarray, count: int
 
     These are the pairs MiFID penalises: a generated image at distance ~0 is a near copy.
     """
-    gen = _as_features(generated, "generated").astype(np.float64)
-    ref = _as_features(reference, "reference").astype(np.float64)
-    gen /= np.maximum(np.linalg.norm(gen, axis=1, keepdims=True), 1e-12)
-    ref32 = (ref / np.maximum(np.linalg.norm(ref, axis=1, keepdims=True), 1e-12)
-             ).astype(np.float32)
-    best_ref = np.empty(len(gen), dtype=np.int64)
-    best_distance = np.empty(len(gen), dtype=np.float64)
-    for start in range(0, len(gen), BLOCK_ROWS):
-        block = gen[start : start + BLOCK_ROWS].astype(np.float32)
-        distance = 1.0 - np.abs((block @ ref32.T).astype(np.float64))  # (B, M)
-        best_ref[start : start + BLOCK_ROWS] = distance.argmin(axis=1)
-        best_distance[start : start + BLOCK_ROWS] = distance.min(axis=1)
-    order = np.argsort(best_distance, kind="stable")[:count]
-    return [(int(i), int(best_ref[i]), float(best_distance[i])) for i in order]
+    nearest, distances = _nearest_reference(generated, reference)
+    order = np.argsort(distances, kind="stable")[:count]
+    return [(int(i), int(nearest[i]), float(distances[i])) for i in order]
 
 
 @dataclass(frozen=True)
