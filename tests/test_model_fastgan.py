@@ -178,3 +178,26 @@ def test_recon_size_sets_the_decoders_output_sides() -> None:
     assert torch.isfinite(recon) and recon.item() > 0
     with pytest.raises(UserError, match="recon_size must be 0 or one of 16, 32, 64"):
         build_discriminator(ModelSpec(name="fastgan", size=64, channels=3, nz=16, recon_size=24))
+
+
+def test_lazy_reconstruction_skips_or_scales_the_decoders_gradient() -> None:
+    """train.recon_interval N: d_backward with aux_weight 0 never runs the decoders; on the
+    steps that do, their gradient is N times the every-step one (the lazy R1 rule)."""
+    from pipeline.gan.losses import get_loss
+    from pipeline.gan.precision import Precision
+    from pipeline.gan.steps import DiscriminatorPair, d_backward
+
+    _, discriminator = _nets(32)
+    discriminator.eval()  # spectral norm's power iteration would move between the calls
+    pair = DiscriminatorPair(discriminator, aux=True)
+    reals, fakes = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    decoder_grads = {}
+    for weight in (0.0, 1.0, 2.0):
+        discriminator.zero_grad(set_to_none=True)
+        torch.manual_seed(7)  # the same random quarter each time
+        d_backward(pair, discriminator, get_loss("hinge"), reals, fakes, 1.0,
+                   Precision(torch.device("cpu"), None, False), aux_weight=weight)
+        decoder_grads[weight] = [p.grad for p in discriminator.decode_whole.parameters()]
+    assert all(g is None for g in decoder_grads[0.0])
+    for once, twice in zip(decoder_grads[1.0], decoder_grads[2.0]):
+        torch.testing.assert_close(twice, 2 * once)

@@ -350,7 +350,10 @@ def _wrap_for_ddp(run: Run, state: TrainState) -> tuple[nn.Module, nn.Module]:
     if run.dist.enabled:
         ids = [run.device.index] if run.device.type == "cuda" else None
         G = nn.parallel.DistributedDataParallel(G, device_ids=ids)
-        D_pair = nn.parallel.DistributedDataParallel(D_pair, device_ids=ids)
+        # Lazy reconstruction leaves D's decoders without gradients on the other steps.
+        lazy_aux = run.family.d_aux_loss and run.cfg.recon_interval > 1
+        D_pair = nn.parallel.DistributedDataParallel(D_pair, device_ids=ids,
+                                                     find_unused_parameters=lazy_aux)
     return G, D_pair
 
 
@@ -424,9 +427,11 @@ def train_step(run: Run, state: TrainState, G: nn.Module, D_pair: nn.Module,
     r1_weight, r2_weight = (
         lazy_weight(weight * gamma, cfg.reg_interval, state.steps) if run.uses(name, weight)
         else 0.0 for name, weight in (("r1", cfg.r1_gamma), ("r2", cfg.r2_gamma)))
+    # Lazy reconstruction (FastGAN's D): every recon_interval steps, weighted xN likewise.
+    aux_weight = float(cfg.recon_interval) if state.steps % cfg.recon_interval == 0 else 0.0
     loss_d, real_logits, fake_logits = d_backward(
         D_pair, state.D, run.loss, d_real_in, d_fake_in, cfg.real_label, precision,
-        state.scaler_d, r1_weight, r2_weight)
+        state.scaler_d, r1_weight, r2_weight, aux_weight)
     optimizer_step(state.opt_d, state.scaler_d)
     state.ada.accumulate(real_logits)  # how sure D is about reals drives p
 

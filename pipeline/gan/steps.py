@@ -28,9 +28,9 @@ class DiscriminatorPair(nn.Module):
         self.d = discriminator
         self.aux = aux
 
-    def forward(self, real: torch.Tensor, fake: torch.Tensor
+    def forward(self, real: torch.Tensor, fake: torch.Tensor, with_aux: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.aux:
+        if self.aux and with_aux:
             real_logits, aux_loss = self.d(real, aux=True)
         else:
             real_logits, aux_loss = self.d(real), real.new_zeros(())
@@ -130,14 +130,16 @@ def d_backward(
     scaler: torch.amp.GradScaler | None = None,
     r1_weight: float = 0.0,
     r2_weight: float = 0.0,
+    aux_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """D's loss and its one backward (gradients accumulate into D; no optimizer step here).
 
     `pair` is the DiscriminatorPair (DDP-wrapped when distributed), `d_plain` the bare D used
     for the gradient penalty. `real` and `fake` are what D sees (augmented, noised); fakes are
     detached here. R1 and R2 (weights already lazy-scaled; 0 = off) penalise the gradient of
-    D's logits with respect to the reals and the fakes. Returns detached (D loss, real logits
-    (N,), fake logits (N,)).
+    D's logits with respect to the reals and the fakes. `aux_weight` weighs D's own auxiliary
+    loss (FastGAN's reconstruction; lazy-scaled too; 0 = not computed this step). Returns
+    detached (D loss, real logits (N,), fake logits (N,)).
     """
     fake = fake.detach()
     if r1_weight > 0:
@@ -145,10 +147,12 @@ def d_backward(
     if r2_weight > 0:
         fake = fake.requires_grad_(True)  # R2 differentiates D(fake) w.r.t. fake
     with precision.autocast():
-        real_logits, fake_logits, aux_loss = pair(real, fake)
+        real_logits, fake_logits, aux_loss = pair(real, fake, aux_weight > 0)
     real_logits, fake_logits = real_logits.float(), fake_logits.float()  # losses in fp32
     loss_d = loss.d_loss(real_logits, fake_logits, real_label)
-    total = loss_d + aux_loss.float()  # aux: the family's own D regulariser (0 for most)
+    total = loss_d  # plus the family's own D regulariser (a zero for most families)
+    if aux_weight > 0:
+        total = total + aux_weight * aux_loss.float()
     if loss.gradient_penalty_weight > 0:
         with precision.autocast():
             penalty = gradient_penalty(d_plain, real.detach(), fake.detach())
