@@ -83,19 +83,54 @@ def test_scoring_a_snapshot_leaves_the_trajectory_unchanged(project: Path, evalu
     assert evaluated.best and not without.best and without.best_dir is None
 
 
+class Copier(torch.nn.Module):
+    """A 'generator' that draws the reference images themselves."""
+
+    def __init__(self, project: Path) -> None:
+        super().__init__()
+        self.project = project
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        reals = np.array(pack.open_pack(self.project / "pack")[0][: len(z)])
+        return torch.from_numpy(reals).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def test_scorer_is_deterministic_and_ranks_a_copy_machine_first(project: Path, evaluated) -> None:
     scorer = SnapshotScorer(project / "clean", project / "cache", 20, 16, torch.device("cpu"))
     generator, _ = load_generator(project / "run" / "final")
     first, second = scorer.score(generator), scorer.score(generator)
     assert first == second
-
-    class Copier(torch.nn.Module):  # draws the reference images themselves
-        def forward(self, z: torch.Tensor) -> torch.Tensor:
-            reals = np.array(pack.open_pack(project / "pack")[0][: len(z)])
-            return torch.from_numpy(reals).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-    copies = scorer.score(Copier())
+    copies = scorer.score(Copier(project))
     assert copies.kid < first.kid and copies.fid < first.fid
+
+
+def test_bf16_evaluations_have_their_own_references_and_rank_alike(project: Path,
+                                                                    evaluated) -> None:
+    """train.eval_precision bf16: Inception under bf16 autocast against references computed
+    the same way and cached apart from float32's (which make fid uses); scores near float32's,
+    the same order."""
+    cpu = torch.device("cpu")
+    fp32 = SnapshotScorer(project / "clean", project / "cache", 20, 16, cpu)
+    bf16 = SnapshotScorer(project / "clean", project / "cache", 20, 16, cpu,
+                          dtype=torch.bfloat16)
+    assert bf16.reference.cache_path != fp32.reference.cache_path
+    assert bf16.reference.features.dtype == np.float32
+    gap = np.abs(bf16.reference.features - fp32.reference.features).max()
+    assert 0 < gap < 0.1 * np.abs(fp32.reference.features).max()  # bf16, yet the same features
+    generator, _ = load_generator(project / "run" / "final")
+    scores = {name: (scorer.score(generator), scorer.score(Copier(project)))
+              for name, scorer in (("fp32", fp32), ("bf16", bf16))}
+    for drawn, copies in scores.values():
+        assert copies.kid < drawn.kid and copies.fid < drawn.fid
+    assert scores["bf16"][0].fid == pytest.approx(scores["fp32"][0].fid, rel=0.05)
+
+
+def test_eval_precision_resolves_to_an_autocast_dtype() -> None:
+    from pipeline.gan.precision import cpu_has_native_bf16, eval_dtype
+
+    cpu = torch.device("cpu")
+    assert eval_dtype("fp32", cpu) is None and eval_dtype("bf16", cpu) is torch.bfloat16
+    assert eval_dtype("auto", cpu) is (torch.bfloat16 if cpu_has_native_bf16() else None)
 
 
 def test_evaluations_compare_with_a_spread_sample_of_the_reference(project: Path) -> None:

@@ -70,7 +70,7 @@ from pipeline.gan.models import (
     spec_from_config,
 )
 from pipeline.gan.plots import make_grid, plot_losses, read_stats, save_grid, to_uint8_nhwc
-from pipeline.gan.precision import Precision, configure_backends, resolve_precision
+from pipeline.gan.precision import Precision, configure_backends, eval_dtype, resolve_precision
 from pipeline.gan.state import TrainState
 from pipeline.gan.steps import (
     DiscriminatorPair,
@@ -206,7 +206,8 @@ def train(cfg: TrainConfig, pack_dir: Path, run_dir: Path, quiet: bool = False,
             if reference is None or cache_dir is None:
                 raise UserError("train.eval_kimg needs a reference folder (data/clean)")
             run.scorer = SnapshotScorer(Path(reference), Path(cache_dir), cfg.eval_n, cfg.nz,
-                                        run.device, reference_n=cfg.eval_reference_n)
+                                        run.device, reference_n=cfg.eval_reference_n,
+                                        dtype=eval_dtype(cfg.eval_precision, run.device))
         return _train(run)
     finally:
         if owns_group:

@@ -355,12 +355,14 @@ def load_reference(
     workers: int = 0,
     quiet: bool = False,
     spread: bool = False,
+    variant: str = "",
 ) -> ReferenceStats:
     """Reference statistics (and features) from a folder, cached; or a bare .npz as given.
 
     `reference_n` images (0 = all): the first by name, or with `spread` evenly spaced by name.
-    The cache key hashes those files' names and bytes, the weights' content hash and the
-    preprocessing name.
+    The cache key hashes those files' names and bytes, the weights' content hash, the
+    preprocessing name and `variant` (how `model` differs from the float32 network, e.g.
+    "autocast-bfloat16"; "" for the network itself).
     """
     if reference.suffix == ".npz":
         if not reference.is_file():
@@ -378,6 +380,7 @@ def load_reference(
     # Content key: a changed, added or removed file gives a new entry.
     key_text = "|".join(
         [files_digest(files), weights.content_sha256 or weights.sha256, PREPROCESSING]
+        + ([variant] if variant else [])
     )
     key = hashlib.sha256(key_text.encode()).hexdigest()
     stats_path, features_path = _cache_paths(cache_dir, key)
@@ -397,7 +400,7 @@ def load_reference(
         "reference": str(reference), "files": len(files), "n": len(features),
         "skipped": [[str(p), reason] for p, reason in skipped],
         "weights_sha256": weights.sha256, "weights_content_sha256": weights.content_sha256,
-        "preprocessing": PREPROCESSING, "key": key})
+        "preprocessing": PREPROCESSING, "variant": variant, "key": key})
     return ReferenceStats(mu, sigma, len(features), stats_path, features32, skipped)
 
 
