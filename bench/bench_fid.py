@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,9 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from pipeline.core.device import resolve_device  # noqa: E402
 from pipeline.scoring import fid, inception  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from common import Result, finish, peak_flops, step_flops  # noqa: E402
 
 OUT = ROOT / "bench" / "out" / "fid"
 
@@ -167,8 +171,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     weights = inception.resolve_weights(OUT / "cache")
     device = str(resolve_device(args.device, "--device"))
 
+    for path in files:  # warm page cache for both sides: whoever runs first reads from disk
+        path.read_bytes()
     theirs = run_pytorch_fid(a, b, weights, device, args.batch_size)
     ours = run_ours(a, b, weights, device, args.batch_size, args.workers)
+    # The roof: FLOPs of one image through the FID Inception, against this machine's fp32
+    # matmul peak measured now (scoring stays float32).
+    model = inception.load_inception(weights, device)
+    with torch.no_grad():
+        per_image = step_flops(lambda: model(torch.rand(1, 3, 128, 128, device=device)))
+    peak = peak_flops(torch.float32, device=torch.device(device).type)
     result = {
         "n": n,
         "device": device,
@@ -189,6 +201,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"{theirs['fid_s']:.1f} s vs {ours['fid_s']:.1f} s"
     )
     print(json.dumps(result, indent=2))
+    finish(Result(
+        "fid_features", f"{n} PNGs", ours_s=ours["extract_s"], theirs_s=theirs["extract_s"],
+        checks={"same FID to 1e-3": result["fid_abs_diff"] <= 1e-3},
+        notes={"ours_img_per_s": result["ours_img_s"],
+               "theirs_img_per_s": result["pytorch_fid_img_s"],
+               "peak_tflops": peak / 1e12, "gflop_per_image": per_image / 1e9,
+               "ours_peak_fraction": per_image * result["ours_img_s"] / peak,
+               "theirs_peak_fraction": per_image * result["pytorch_fid_img_s"] / peak}))
     return result
 
 

@@ -1,17 +1,22 @@
-"""Benchmark: seed 004's padding loop against pipeline.ingest.pad.pad_images on the same photos.
+"""Benchmark: seed 004's padding loop against the pipeline's own path, fetch -> crop -> pad.
 
 Usage:
     python bench/bench_pad.py --n 1000     # the full run (a few minutes on 2 cores)
     python bench/bench_pad.py --n 50       # a smoke run
 
 Makes N synthetic JPEG "photos" (300-1,600 px a side, smooth noise plus shapes; cached under
-bench/out/photos/), then times, each in a fresh subprocess:
-  seed  seed 004's `padding_image` loop as written (matplotlib imread, cv2.resize,
-        copyMakeBorder, normalise to [-1, 1], matplotlib imsave as .jpg), one process;
-  ours  pad_images (decode safely, letterbox, PNG, dedupe) over every core, at N/10 and N,
-        whose peak resident memory (parent and largest worker) should not grow with N.
-It also reports how far each shrink lands from a full decode + INTER_AREA: our JPEG draft
-decoding against the seed's bilinear cv2.resize, which aliases.
+bench/out/photos/), reads them all once (warm page cache for both sides), then times whole
+commands, each from a fresh interpreter:
+  seed   seed 004's `padding_image` loop as written (matplotlib imread, cv2.resize,
+         copyMakeBorder, normalise to [-1, 1], matplotlib imsave as .jpg), one process;
+  ours   `python -m pipeline run pad` on a project whose `fetch.source` is `dir:` the photos
+         and `crop.method: none` (no detector): what a user runs to get data/clean from a folder
+         of photos: copy in, decode each photo safely into a PNG, letterbox it, dedupe;
+         once on every core and once pinned to one core (`taskset`), the seed's share.
+Checks: both sides write N images of 128x128, and ours lands no farther than the seed's from a
+full decode + INTER_AREA shrink (JPEG draft decoding against the seed's aliasing bilinear).
+The pad stage alone (pad_images over the photos) is also run at N/10 and N: its peak resident
+memory (parent and largest worker) should not grow with N.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import Result, finish  # noqa: E402
+
 OUT = BENCH / "out"
 PHOTOS = OUT / "photos"
 SIZE = 128  # output side, as in data/clean
@@ -121,6 +129,13 @@ def run_ours(files: list[Path], out_dir: Path) -> None:
     pad_images(files, PHOTOS, out_dir, PadConfig(size=SIZE, workers=0), quiet=True)
 
 
+def child_seed_keep(n: int, out_dir: Path) -> None:
+    """The seed loop writing into `out_dir` (kept for the checks)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    run_seed([PHOTOS / f"photo_{i:05d}.jpg" for i in range(n)], out_dir)
+
+
 def child(which: str, n: int) -> None:
     """Run one contender on the first n photos; print seconds and peak RSS (MiB) as JSON."""
     files = [PHOTOS / f"photo_{i:05d}.jpg" for i in range(n)]
@@ -152,6 +167,52 @@ def measure(which: str, n: int) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{which} run failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def timed_command(command: list[str], cores: str | None = None) -> float:
+    """Wall seconds of a whole command (interpreter start included), optionally pinned to
+    `cores` with taskset."""
+    if cores is not None:
+        command = ["taskset", "-c", cores, *command]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=BENCH.parent, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return time.perf_counter() - start
+
+
+def seed_command(n: int, out_dir: Path) -> list[str]:
+    """The seed loop as one command writing into `out_dir`."""
+    return [sys.executable, __file__, "--child", "seed-keep", "--n", str(n), "--out",
+            str(out_dir)]
+
+
+def pipeline_project(project: Path, n: int) -> list[str]:
+    """A fresh project whose source is the first n photos; the command that pads them."""
+    shutil.rmtree(project, ignore_errors=True)
+    photos = project.parent / f"{project.name}-photos"
+    shutil.rmtree(photos, ignore_errors=True)
+    photos.mkdir(parents=True)
+    for i in range(n):  # hard links: the same bytes, already in the page cache
+        os.link(PHOTOS / f"photo_{i:05d}.jpg", photos / f"photo_{i:05d}.jpg")
+    project.mkdir(parents=True)
+    (project / "params.yaml").write_text(
+        f"fetch:\n  source: dir:{photos}\ncrop:\n  method: none\n"
+        f"pad:\n  size: {SIZE}\n  mode: letterbox\n", encoding="utf-8")
+    return [sys.executable, "-m", "pipeline", "run", "pad", "--root", str(project),
+            "--params", str(project / "params.yaml"), "--quiet"]
+
+
+def written_images(folder: Path) -> tuple[int, bool]:
+    """(image count, all SIZE x SIZE) of a folder of outputs."""
+    from PIL import Image
+
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    sizes = set()
+    for path in files:
+        with Image.open(path) as im:
+            sizes.add(im.size)
+    return len(files), sizes <= {(SIZE, SIZE)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,29 +248,52 @@ def fidelity(files: list[Path]) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1000, help="number of photos (default 1,000)")
-    parser.add_argument("--child", choices=["seed", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["seed", "ours", "seed-keep"], help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(BENCH.parent))  # import pipeline from this checkout
+    if args.child == "seed-keep":
+        child_seed_keep(args.n, args.out)
+        return
     if args.child:
         child(args.child, args.n)
         return
-    # Photos first (cached), then each contender in its own interpreter.
+    # Photos first (cached), read once so both sides find them in the page cache.
     files = ensure_photos(args.n)
+    for path in files:
+        path.read_bytes()
     megapixels = sum(_pixels(f) for f in files) / 1e6
     cores = len(os.sched_getaffinity(0))
     print(f"{args.n} JPEG photos, {megapixels:.0f} Mpx in all, {cores} usable CPU cores")
-    seed = measure("seed", args.n)
+    seed_out = OUT / "pad_seed"
+    seed = timed_command(seed_command(args.n, seed_out))
+    seed_count, seed_sizes = written_images(seed_out)
+    one_core = str(sorted(os.sched_getaffinity(0))[0])
+    ours_error, seed_error = fidelity(files[:20])
+    lines = {}
+    for label, pin in (("all cores", None), ("one core", one_core)):
+        project = OUT / "pad_project"
+        command = pipeline_project(project, args.n)
+        lines[label] = timed_command(command, pin)
+        count, sizes = written_images(project / "data" / "clean")
+        finish(Result(
+            "pad", f"fetch->crop->pad, {label}, {args.n} photos", ours_s=lines[label],
+            theirs_s=seed,
+            checks={"same image count": count == seed_count == args.n,
+                    "all 128x128": sizes and seed_sizes,
+                    "shrink no worse than the seed's": ours_error <= seed_error},
+            notes={"ours_img_per_s": args.n / lines[label], "theirs_img_per_s": args.n / seed,
+                   "ours_shrink_error": ours_error, "seed_shrink_error": seed_error}))
+    print(f"seed 004 loop (1 process):        {seed:7.1f} s {args.n / seed:7.1f} img/s")
+    for label, seconds in lines.items():
+        print(f"make pad from photos ({label:>9}): {seconds:7.1f} s {args.n / seconds:7.1f} img/s"
+              f"  -> {seed / seconds:.2f}x")
+    # The pad stage alone: flat memory, the N run should peak where the N/10 run did.
     small = measure("ours", max(1, args.n // 10))
     ours = measure("ours", args.n)
-    print(f"seed 004 loop (1 process): {seed['seconds']:7.1f} s "
-          f"{args.n / seed['seconds']:7.1f} img/s  peak RSS {seed['rss_parent_mib']:.0f} MiB")
-    print(f"pad_images (all cores):    {ours['seconds']:7.1f} s "
-          f"{args.n / ours['seconds']:7.1f} img/s  -> {seed['seconds'] / ours['seconds']:.1f}x")
-    # Flat memory: the N run should peak where the N/10 run did.
     for label, run in ((f"N/10={max(1, args.n // 10)}", small), (f"N={args.n}", ours)):
-        print(f"peak RSS at {label:>9}: parent {run['rss_parent_mib']:.0f} MiB, "
+        print(f"pad_images peak RSS at {label:>9}: parent {run['rss_parent_mib']:.0f} MiB, "
               f"largest worker {run['rss_worker_mib']:.0f} MiB ({run['outputs']} PNGs kept)")
-    ours_error, seed_error = fidelity(files[:20])
     print(f"shrink error vs full decode + INTER_AREA (20 photos, levels of 255): "
           f"ours {ours_error:.2f}, seed {seed_error:.2f}")
 

@@ -1,31 +1,31 @@
 """Benchmark: training throughput of `pipeline.gan.loop.train` vs seed 004's loop, same run.
 
 Both train DCGAN-128 (seed 004's exact layers at width 1.0) with RaLSGAN, batch 64, lr 8e-4,
-real label 0.8, Adam(0.5, 0.999), on the same random pack.
+real label 0.8, Adam(0.5, 0.999), on the same random images, at the same precision: one line in
+float32 and, where the machine computes bf16 natively (AVX-512-BF16 / AMX, or a GPU), one line
+with both sides under bf16 autocast.
 
-The baseline is seed 004's loop written inline: D(real), G(z), D(fake.detach()),
-errD.backward(retain_graph=True), D step, then D(fake) and errG.backward() through the retained
-graph of D(real), all in float32 with PyTorch's default backend flags. That loop only ran on
-PyTorch < 1.5, which did not notice that optimizerD.step() changes weights the retained graph
-saved; today it needs `allow_mutation_on_saved_tensors` (which copies those weights when they
-change) to run as written. A second baseline, "seed, minimal fix", detaches D(real) in errG
-instead: cheaper, so the ratio against it is the conservative one. Baselines read batches from
-a float tensor already on the device (no decoding at all), again in their favour.
-
-The pipeline side is the real `train()` on a training pack, with a tick every `group` steps.
-Both sides skip `warmup` steps (cuDNN autotuning, allocations) and report the median rate over
-groups of `group` steps, which a busy shared machine disturbs less than a mean.
+The baseline is the loop a user can run today: seed 004's code (D(real), G(z), D(fake.detach()),
+errD.backward(retain_graph=True), D step, D(fake), errG, G step) with its one needed fix,
+D(real) detached in errG (as written it only ran on PyTorch < 1.5, which did not notice that
+optimizerD.step() changes weights the retained graph saved). It reads batches from a float
+tensor already on the device (no decoding at all), in its favour.
+The pipeline side is the real `train()` on a training pack (amp set explicitly, so no probe),
+with a tick every `group` steps. Both sides skip `warmup` steps and report the median rate over
+groups of `group` steps. Checks: both sides trained on the same number of images and ended with
+finite losses. Each line also reports the fraction of this machine's matmul peak (measured in
+the same run, same dtype) that the step's FLOPs (torch's count, forward and backward) reach.
 
 Usage (from the repository root):
     .venv/bin/python bench/bench_train.py --steps 3 --warmup 1     # a quick CPU check
-    .venv/bin/python bench/bench_train.py                           # 40 timed steps (GPU)
+    .venv/bin/python bench/bench_train.py                           # 40 timed steps
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -40,7 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from pipeline.core.config import TrainConfig  # noqa: E402
 from pipeline.gan.loop import train  # noqa: E402
 from pipeline.gan.models import ModelSpec, build_discriminator, build_generator  # noqa: E402
+from pipeline.gan.precision import cpu_has_native_bf16  # noqa: E402
 from pipeline.ingest import pack  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import Result, SanityError, finish, peak_flops, step_flops  # noqa: E402
 
 SIZE, NZ, LR, REAL_LABEL = 128, 128, 8e-4, 0.8  # seed 004
 
@@ -56,19 +60,15 @@ def make_pack(folder: Path, count: int) -> None:
     pack.write_info(folder, pack.PackInfo(count, SIZE, 3, count, ("identity",)))
 
 
-def mutation_allowed() -> contextlib.AbstractContextManager:
-    """Lets errG backpropagate through D(real)'s graph after optimizerD.step() changed D."""
-    return torch.autograd.graph.allow_mutation_on_saved_tensors()
-
-
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def seed_loop(device: torch.device, width: float, batch: int, warmup: int, steps: int,
-              as_written: bool, group: int) -> float:
-    """Images per second of seed 004's loop: median over groups of `group` timed steps."""
+def seed_loop(device: torch.device, dtype: torch.dtype | None, width: float, batch: int,
+              warmup: int, steps: int, group: int) -> tuple[float, float, int]:
+    """(images per second: median over groups of `group` timed steps, FLOPs of one step,
+    images trained on) of seed 004's loop, under autocast in `dtype` when not None."""
     torch.backends.cudnn.benchmark = False  # PyTorch's defaults, as the seed ran
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
@@ -78,66 +78,77 @@ def seed_loop(device: torch.device, width: float, batch: int, warmup: int, steps
     optimizerD = torch.optim.Adam(netD.parameters(), lr=LR, betas=(0.5, 0.999))
     data = torch.rand(4 * batch, 3, SIZE, SIZE, device=device) * 2 - 1  # already decoded
     labels = torch.full((batch,), REAL_LABEL, device=device)
-    rates, start = [], 0.0
+
+    def step(i: int) -> float:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return seed_step(netG, netD, optimizerG, optimizerD, data, labels, i, batch)
+
+    flops = step_flops(lambda: step(0))
+    rates, start, images, loss = [], 0.0, 0, 0.0
     for i in range(warmup + steps):
         if i >= warmup and (i - warmup) % group == 0:  # a group starts
             sync(device)
             start = time.perf_counter()
-        with mutation_allowed() if as_written else contextlib.nullcontext():
-            seed_step(netG, netD, optimizerG, optimizerD, data, labels, i, batch, as_written)
+        loss = step(i)
+        images += batch
         if i >= warmup and (i - warmup) % group == group - 1:  # a group ends
             sync(device)
             rates.append(group * batch / (time.perf_counter() - start))
-    return float(np.median(rates))
+    if not math.isfinite(loss):
+        raise SanityError(f"seed loop diverged: errG {loss}")
+    return float(np.median(rates)), flops, images
 
 
 def seed_step(netG: torch.nn.Module, netD: torch.nn.Module, optimizerG: torch.optim.Optimizer,
               optimizerD: torch.optim.Optimizer, data: torch.Tensor, labels: torch.Tensor,
-              i: int, batch: int, as_written: bool) -> None:
-    """One iteration of seed 004's loop, its code kept as it was (names included)."""
+              i: int, batch: int) -> float:
+    """One iteration of seed 004's loop, its code kept as it was (names included), plus the
+    minimal fix; returns errG."""
     device = data.device
     real_images = data[(i % 4) * batch : (i % 4 + 1) * batch]
     # (1) Update D network
     netD.zero_grad()
-    outputR = netD(real_images)
+    outputR = netD(real_images).float()
     noise = torch.randn(batch, NZ, 1, 1, device=device)
     fake = netG(noise)
-    outputF = netD(fake.detach())
+    outputF = netD(fake.detach()).float()
     errD = (torch.mean((outputR - torch.mean(outputF) - labels) ** 2)
             + torch.mean((outputF - torch.mean(outputR) + labels) ** 2)) / 2
     errD.backward(retain_graph=True)
     optimizerD.step()
     # (2) Update G network
     netG.zero_grad()
-    outputF = netD(fake)
-    if not as_written:
-        outputR = outputR.detach()  # the minimal fix for PyTorch >= 1.5
+    outputF = netD(fake).float()
+    outputR = outputR.detach()  # the minimal fix for PyTorch >= 1.5
     errG = (torch.mean((outputR - torch.mean(outputF) + labels) ** 2)
             + torch.mean((outputF - torch.mean(outputR) - labels) ** 2)) / 2
     errG.backward()
     optimizerG.step()
+    return float(errG)
 
 
-def pipeline_loop(pack_dir: Path, work: Path, width: float, batch: int, warmup: int,
-                  steps: int, device: str, group: int) -> tuple[float, float, str]:
-    """(images per second, data loading share of step time, autocast dtype) of `train()`.
+def pipeline_loop(pack_dir: Path, work: Path, amp: str, width: float, batch: int, warmup: int,
+                  steps: int, device: str, group: int) -> tuple[float, float, int, bool]:
+    """(images per second, data loading share of step time, images trained on, finite losses)
+    of `train()` with train.amp `amp`.
 
     One tick per `group` steps; the rate is the median of the ticks' img/s after the warmup
     (a tick's img/s counts training steps only, not its own sample grid and stats).
     """
+    run = work / f"run-{amp}"
     cfg = TrainConfig(model="dcgan", loss="ralsgan", kimg=(warmup + steps) * batch / 1000,
                       batch_size=batch, width=width, nz=NZ, lr_g=LR, lr_d=LR,
                       real_label=REAL_LABEL, tick_kimg=group * batch / 1000,
-                      checkpoint_kimg=1000.0, snapshot_kimg=1000.0,
+                      checkpoint_kimg=1000.0, snapshot_kimg=1000.0, amp=amp,  # type: ignore
                       device=device)  # type: ignore[arg-type]
-    train(cfg, pack_dir, work / "run", quiet=True)
-    rows = [json.loads(line) for line in (work / "run/stats.jsonl").read_text().splitlines()]
+    train(cfg, pack_dir, run, quiet=True)
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
     timed = [row for row in rows if row["step"] > warmup + group - 1] or rows[-1:]
     rate = float(np.median([row["img_per_s"] for row in timed]))
     data_share = float(np.median([row["data_ms"] * row["img_per_s"] / batch / 1000
                                   for row in timed]))
-    amp = json.loads((work / "run/training_options.json").read_text())["amp"]
-    return rate, data_share, amp
+    finite = all(math.isfinite(rows[-1][key]) for key in ("loss_d", "loss_g"))
+    return rate, data_share, round(rows[-1]["kimg"] * 1000), finite
 
 
 def main() -> None:
@@ -158,23 +169,35 @@ def main() -> None:
     print(f"DCGAN-128 width {args.width}, RaLSGAN, batch {args.batch}, {args.steps} timed steps "
           f"after {args.warmup}, {name}, torch {torch.__version__}")
 
+    dtypes: list[torch.dtype | None] = [None]
+    if (torch.cuda.is_bf16_supported() if use_cuda else cpu_has_native_bf16()):
+        dtypes.append(torch.bfloat16)
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
         make_pack(work / "pack", max(4 * args.batch, 256))
         timing = (args.width, args.batch, args.warmup, args.steps)
-        as_written = seed_loop(device, *timing, as_written=True, group=args.group)
-        print(f"seed 004 loop, as written      : {as_written:8.1f} img/s")
-        fixed = seed_loop(device, *timing, as_written=False, group=args.group)
-        print(f"seed 004 loop, minimal fix     : {fixed:8.1f} img/s")
-        ours, data_share, amp = pipeline_loop(work / "pack", work, *timing, args.device,
-                                              args.group)
-        print(f"pipeline train() (amp {amp:>14}): {ours:8.1f} img/s, "
-              f"data loading {100 * data_share:.1f}% of step time")
-        print(f"speed-up: {ours / as_written:.2f}x vs as written, "
-              f"{ours / fixed:.2f}x vs minimal fix (target >= 1.8x)")
+        for dtype in dtypes:
+            amp = "bf16" if dtype is torch.bfloat16 else "off"
+            theirs, flops, their_images = seed_loop(device, dtype, *timing, group=args.group)
+            ours, data_share, our_images, finite = pipeline_loop(
+                work / "pack", work, amp, *timing, args.device, args.group)
+            peak = peak_flops(dtype or torch.float32, device=device.type)
+            per_image = flops / args.batch
+            finish(Result(
+                "train", f"DCGAN-128 w{args.width:g} {'bf16' if dtype else 'fp32'}",
+                ours_s=1 / ours, theirs_s=1 / theirs,  # seconds per image
+                checks={"same images trained on": our_images == their_images,
+                        "finite losses": finite},
+                notes={"ours_img_per_s": ours, "theirs_img_per_s": theirs,
+                       "data_share": data_share, "peak_tflops": peak / 1e12,
+                       "ours_peak_fraction": per_image * ours / peak,
+                       "theirs_peak_fraction": per_image * theirs / peak}))
+            print(f"  seed loop {theirs:.1f} img/s, train() {ours:.1f} img/s (data loading "
+                  f"{100 * data_share:.1f}% of step time); {per_image / 1e9:.2f} GFLOP an image, "
+                  f"peak {peak / 1e9:.0f} GFLOP/s: ours at {100 * per_image * ours / peak:.1f}%"
+                  f" of it, the seed loop at {100 * per_image * theirs / peak:.1f}%")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
 
 if __name__ == "__main__":
     main()
