@@ -35,6 +35,10 @@ PIPELINE_TARGETS := all fid $(STAGES) train status report export interpolate run
 $(PIPELINE_TARGETS): export PIPELINE_SET = $(value SET)
 $(PIPELINE_TARGETS): export PIPELINE_ARGS = $(value ARGS)
 RUN = $(PY) -m pipeline run --params $(PARAMS)
+# GPUS=N / NODES=M: the same command on N processes a node (DDP training; generation and scoring
+# split their images by rank).
+TORCHRUN = $(PY) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node=$(GPUS) \
+           $(TORCHRUN_ARGS) -m pipeline run --params $(PARAMS)
 
 .DEFAULT_GOAL := help
 .PHONY: help all fid test test-fast $(STAGES) train status ingest-report params readme bench report \
@@ -61,10 +65,21 @@ check-env: ## ENV=system: is everything the pipeline imports installed here? (na
 	@$(PY) -m pipeline.core.environment
 
 all: $(STAMP) ## every stage up to submissions/images.zip (10,000 PNGs, validated)
+ifeq ($(GPUS)$(NODES),11)
 	$(RUN) package
+else
+	$(MAKE) --no-print-directory train
+	$(TORCHRUN) generate
+	$(RUN) package
+endif
 
 fid: $(STAMP) ## local score (FID, KID, precision/recall, MiFID) -> data/score/score.json
+ifeq ($(GPUS)$(NODES),11)
 	$(RUN) score
+else
+	$(MAKE) --no-print-directory train
+	$(TORCHRUN) score
+endif
 
 $(STAGES): $(STAMP) ## run one stage (and what it needs)
 	$(RUN) $@
@@ -74,8 +89,7 @@ ifeq ($(GPUS)$(NODES),11)
 	$(RUN) train
 else
 	$(RUN) augment
-	$(PY) -m torch.distributed.run --nnodes=$(NODES) --nproc_per_node=$(GPUS) $(TORCHRUN_ARGS) \
-	  -m pipeline run --params $(PARAMS) train
+	$(TORCHRUN) train
 endif
 
 export: $(STAMP) ## data/export/: the generator as TorchScript (+ ONNX), usable without us

@@ -22,6 +22,7 @@ memory (parent and largest worker) should not grow with N.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import resource
@@ -276,14 +277,21 @@ def main() -> None:
         command = pipeline_project(project, args.n)
         lines[label] = timed_command(command, pin)
         count, sizes = written_images(project / "data" / "clean")
+        # Every photo accounted for: kept, or rejected with a recorded reason (an extreme
+        # aspect, a duplicate) where the seed pads everything.
+        with (project / "data" / "clean" / "ingest.csv").open(encoding="utf-8") as handle:
+            rejected = sum(row["decision"] == "rejected" and bool(row["reason"])
+                           for row in csv.DictReader(handle))
         finish(Result(
             "pad", f"fetch->crop->pad, {label}, {args.n} photos", ours_s=lines[label],
             theirs_s=seed,
-            checks={"same image count": count == seed_count == args.n,
+            checks={"every photo kept or rejected with a reason":
+                    count + rejected == seed_count == args.n,
                     "all 128x128": sizes and seed_sizes,
                     "shrink no worse than the seed's": ours_error <= seed_error},
             notes={"ours_img_per_s": args.n / lines[label], "theirs_img_per_s": args.n / seed,
-                   "ours_shrink_error": ours_error, "seed_shrink_error": seed_error}))
+                   "ours_shrink_error": ours_error, "seed_shrink_error": seed_error,
+                   "ours_rejected": rejected}))
     print(f"seed 004 loop (1 process):        {seed:7.1f} s {args.n / seed:7.1f} img/s")
     for label, seconds in lines.items():
         print(f"make pad from photos ({label:>9}): {seconds:7.1f} s {args.n / seconds:7.1f} img/s"

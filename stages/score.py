@@ -2,6 +2,7 @@
 
     make fid
     make score SET="score.n=10000"
+    make fid GPUS=4                       # torchrun: each rank extracts a share of the features
 
 Scores what is submitted (the saved PNGs) against data/clean/ (or score.reference). Reference
 statistics are cached by content in data/cache/fid/. Writes data/score/score.json and appends
@@ -37,6 +38,8 @@ def run(ctx: StageContext) -> StageResult:
     reference = ctx.project.root / cfg.reference if cfg.reference else ctx.inputs["pad"]
     result = score_folders(ctx.inputs["generate"], reference, cfg,
                            cache_dir=ctx.project.data / "cache", quiet=ctx.quiet)
+    if result is None:  # a torchrun rank other than 0: its share of the features went to rank 0
+        return StageResult("features of this rank's share of the images", {})
     score = result.as_dict()
     (ctx.out_dir / layout.SCORE_JSON).write_text(json.dumps(score, indent=2))
     run, settings = _training_run(ctx.project.data / "train", ctx.project.root)

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipeline.core.faults import KILL_ENV
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
@@ -143,6 +145,8 @@ LOAD_EXPORT = """
 import json, sys
 import numpy as np, torch
 from PIL import Image
+
+from pipeline.core.faults import KILL_ENV
 folder, generated = sys.argv[1], sys.argv[2]
 info = json.load(open(folder + "/export.json"))
 module = torch.jit.load(folder + "/generator.torchscript.pt")
@@ -325,16 +329,33 @@ def _checkpoints(root: Path) -> set[Path]:
     return set((root / "data/runs").glob("*/checkpoints/*.pt"))
 
 
+def _killed_at(root: Path, point: str) -> None:
+    """`run package` with PIPELINE_KILL_AT=point: the process SIGKILLs itself right there
+    (pipeline/core/faults.py), a moment too short to hit by timing from outside."""
+    command = [sys.executable, "-m", "pipeline", "run", "package", "--root", str(root),
+               "--params", str(root / "params.yaml"), "--quiet"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **CLI_ENV, KILL_ENV: point})
+    assert done.returncode == -signal.SIGKILL, (point, done.returncode, done.stderr[-2000:])
+
+
 def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
-    """SIGKILL inside crop, between training checkpoints, inside generate and inside package,
-    and a train.minutes stop; after each kill the stage counts as not done, and the last rerun
-    gives byte for byte the zip of the uninterrupted run (the `project` fixture's)."""
+    """SIGKILL inside fetch, crop, pad and augment, between training checkpoints, between the
+    two renames of a swap, inside generate and while the zip is validated, and a train.minutes
+    stop; after each kill the stage counts as not done and no half output is published, and
+    the last rerun gives byte for byte the zip of the uninterrupted run (the `project`
+    fixture's)."""
     root = tmp_path
     (root / "params.yaml").write_text(TINY)
     killed = []
+    _killed_at(root, "fetch:files-written")
+    assert not (root / "data/raw").exists() and _partial_files(root, "raw", "*.png") > 0
     if _run_and_kill_when(root, lambda: _partial_files(root, "crop", "*.png") >= 5):
         killed.append("crop")
         assert not (root / "data/crop/manifest.json").exists()
+    for point, folder in (("pad:first-image", "clean"), ("augment:first-image", "pack")):
+        _killed_at(root, point)
+        assert not (root / "data" / folder).exists(), point
     # A time budget spent after the first step: train is published short ...
     stopped = summary(cli(root, "run", "package", "--set", "train.minutes=0.0001"))
     assert "stopped by train.minutes" in stopped["train"]
@@ -344,12 +365,17 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
         killed.append("train")
         manifest = json.loads((root / "data/train/manifest.json").read_text())
         assert manifest["counts"]["kimg"] < 0.4  # still the short run's: the kill published nothing
+    # Training finishes, then dies between moving the short run's folder aside and renaming the
+    # new one in: no data/train at all (never a mix); the next swap clears the aside copy.
+    _killed_at(root, "swap:between-renames")
+    assert not (root / "data/train").exists() and (root / "data/.train.old").is_dir()
     published = (root / "data/generated/manifest.json").read_text()  # the short run's images
     if _run_and_kill_when(root, lambda: _partial_files(root, "generated", "*.png") >= 10):
         killed.append("generate")
         assert (root / "data/generated/manifest.json").read_text() == published
-    if _run_and_kill_when(root, lambda: _partial_files(root, "package") >= 1):
-        killed.append("package")
+    short_zip = _zip_digest(root)
+    _killed_at(root, "package:validating")
+    assert _zip_digest(root) == short_zip  # the short run's submission, untouched
     assert {"crop", "train", "generate"} <= set(killed), killed
     summary(cli(root, "run", "package"))
     assert _zip_digest(root) == (project / "straight.sha256").read_text()
@@ -406,6 +432,26 @@ def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
     kimgs = [json.loads(line)["kimg"] for line in (run / "stats.jsonl").read_text().splitlines()]
     assert kimgs == sorted(set(kimgs)) and kimgs[-1] == 0.8  # one writer, no duplicate ticks
     assert not list((tmp_path / "data").glob(".train.rank*"))  # rank 1's scratch is gone
+
+    # Generation and scoring split by rank give exactly one process's PNGs and score.
+    cli(tmp_path, "run", "score")
+    one = {p.name: p.read_bytes() for p in (tmp_path / "data/generated").glob("*.png")}
+    one_score = json.loads((tmp_path / "data/score/score.json").read_text())
+    for folder in ("generated", "score"):
+        shutil.rmtree(tmp_path / "data" / folder)
+    done = subprocess.run(["make", "fid", "GPUS=2", f"PARAMS={tmp_path / 'params.yaml'}",
+                           f"ARGS=--root {tmp_path} --quiet"], cwd=REPO, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "train: cached" in done.stdout  # nothing retrained
+    two = {p.name: p.read_bytes() for p in (tmp_path / "data/generated").glob("*.png")}
+    assert len(one) == 40 and two == one
+    two_score = json.loads((tmp_path / "data/score/score.json").read_text())
+    for key in ("fid", "kid_mean", "precision", "recall"):
+        assert two_score[key] == pytest.approx(one_score[key], rel=1e-6, abs=1e-9), key
+    assert two_score["n_generated"] == one_score["n_generated"] == 40
+    history = (tmp_path / "data/score/history.csv").read_text().splitlines()
+    assert len(history) == 2  # a header and one row: rank 1 wrote nothing
 
 
 def test_make_targets_and_help(project):

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.core.config import Params, canonical
+from pipeline.core.faults import kill_point
 
 MANIFEST = "manifest.json"
 # Modules (relative to pipeline/) whose edits do not change any stage's results: config semantics
@@ -378,6 +379,7 @@ def swap_into_place(partial: Path, final: Path) -> None:
     shutil.rmtree(trash, ignore_errors=True)
     if final.exists():
         final.rename(trash)
+        kill_point("swap:between-renames")
     partial.rename(final)
     shutil.rmtree(trash, ignore_errors=True)
 

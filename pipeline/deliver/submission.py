@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.core import kaggle
 from pipeline.core.errors import UserError
+from pipeline.core.faults import kill_point
 from pipeline.core.files import (
     atomic_save,
     atomic_write_text,
@@ -177,6 +178,7 @@ def validate_zip(zip_path: Path, expected_count: int, size: int, mode: str,
     found: dict[str, list[str]] = {}  # kind of problem -> entry names that have it
     seen: set[str] = set()
     for name, kinds in _checked_entries(zip_path, total, size, mode, workers, quiet):
+        kill_point("package:validating")
         if name in seen:
             kinds.append("duplicate name")
         seen.add(name)

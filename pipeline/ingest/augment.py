@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.core.faults import kill_point
 from pipeline.ingest import pack
 from pipeline.ingest.opencv import cv2
 from pipeline.ingest.pack import PackInfo
@@ -97,6 +98,7 @@ def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
         source = read_clean_image(path, size, grey, side)
         for copy, name in enumerate(names):
             images[copy * len(files) + index] = apply_transform(source, name, fill)
+        kill_point("augment:first-image")
     images.flush()
     info = PackInfo(count=len(files) * len(names), size=side, channels=channels,
                     sources=len(files), transforms=names,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.core.config import PadConfig
+from pipeline.core.faults import kill_point
 from pipeline.ingest.crop import flat_names, parallel_map
 from pipeline.ingest.decisions import Decision, kept, rejected
 from pipeline.ingest.dedupe import content_hash, find_duplicates, mean_colour, perceptual_hash
@@ -78,6 +79,7 @@ def pad_images(files: list[Path], root: Path, out_dir: Path, cfg: PadConfig,
     for rel, (reason, signature) in zip(rels, parallel_map(_pad_one, tasks, cfg.workers, quiet,
                                                            STAGE)):
         reasons[rel] = reason
+        kill_point("pad:first-image")
         if signature is not None:
             signatures[rel] = signature
     # Dedupe over the kept outputs only; the first by name of each group stays.

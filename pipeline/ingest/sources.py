@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pipeline.core import kaggle
 from pipeline.core.errors import UserError
+from pipeline.core.faults import kill_point
 from pipeline.core.files import csv_safe_frame
 from pipeline.ingest.archive import (
     BEYOND_LIMIT,
@@ -403,6 +404,7 @@ def fetch(source: str, out_dir: Path, downloads_dir: Path, limit: int = 0, quiet
     out_dir, downloads_dir = Path(out_dir), Path(downloads_dir)
     (out_dir / "files").mkdir(parents=True, exist_ok=True)
     got = _fetch_any(src, out_dir, downloads_dir, limit, quiet, project_root)
+    kill_point("fetch:files-written")
     # The record is written even when we then fail below: it explains an empty result.
     write_files_csv(got.records, out_dir / "files.csv")
     images = [r for r in got.records if r.kind == IMAGE]

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from PIL import Image
 from pytorch_fid.fid_score import IMAGE_EXTENSIONS
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from pipeline.core.config import ScoreConfig
 from pipeline.core.device import resolve_device
+from pipeline.core.distributed import all_gather_objects, env_dist, init_from_env, shutdown
 from pipeline.core.errors import UserError
 from pipeline.core.files import (
     atomic_write_bytes,
@@ -478,6 +480,38 @@ def _feature_metrics(
     return kid.mean, kid.std, precision, recall, metrics.mifid(fid, features, reference)
 
 
+def _features_on_all_ranks(
+    files: list[Path], model: torch.nn.Module, batch_size: int, device: torch.device,
+    workers: int, quiet: bool,
+) -> tuple[np.ndarray, tuple[tuple[Path, str], ...]] | None:
+    """extract_features_skipping over `files`, split by torchrun rank (every world_size-th
+    file from `rank`), reassembled in file order on rank 0; None on the other ranks.
+
+    Each image's features do not depend on its batch-mates, so the rows equal one process's.
+    """
+    owns_group = not torch_dist.is_initialized()
+    dist = init_from_env(device.type)
+    try:
+        mine = files[dist.rank :: dist.world_size]
+        rows, skipped = extract_features_skipping(mine, model, batch_size, device, workers,
+                                                  quiet or not dist.is_main)
+        readable = [f for f in mine if f not in dict(skipped)]
+        shares = all_gather_objects((readable, rows, skipped), dist)
+    finally:
+        if owns_group:
+            shutdown(dist)
+    if not dist.is_main:
+        return None
+    if not dist.enabled:
+        return rows, skipped
+    by_file = {f: row for names, block, _ in shares for f, row in zip(names, block)}
+    order = [f for f in files if f in by_file]
+    all_skipped = sorted((s for _, _, share in shares for s in share), key=lambda s: str(s[0]))
+    features = (np.stack([by_file[f] for f in order]) if order
+                else np.empty((0, inception.FEATURE_DIM)))
+    return features, tuple(all_skipped)
+
+
 def score_folders(
     generated: Path,
     reference: Path,
@@ -485,32 +519,34 @@ def score_folders(
     *,
     cache_dir: Path,
     quiet: bool = False,
-) -> ScoreResult:
+) -> ScoreResult | None:
     """FID (and KID, precision/recall, MiFID) of the first `cfg.n` generated images (0 = all).
 
-    Takes the whole score section, so every knob (n, reference_n, batch_size, device, workers,
-    kid_subsets, kid_subset_size, pr_k) reaches the metrics; `reference` is cfg.reference
-    resolved by the caller. The reference is a folder of images (statistics cached in
-    `cache_dir`) or a .npz of mu and sigma (FID only). Weights come from
-    inception.resolve_weights.
+    Under torchrun the generated images' features are extracted by every rank, a share each;
+    rank 0 scores and gets the result, the other ranks get None.
+
+    Takes the whole score section, so every knob reaches the metrics; `reference` is
+    cfg.reference resolved by the caller: a folder of images (statistics cached in `cache_dir`)
+    or a .npz of mu and sigma (FID only). Weights come from inception.resolve_weights.
     """
     notes: list[str] = []
     all_files, files = _generated_files(generated, cfg.n, notes)
     batch_size, workers = cfg.batch_size, cfg.workers
-
-    # Network and reference (cached statistics, or computed once now)
-    torch_device = resolve_device(cfg.device, "score.device")
+    dist = env_dist()
+    torch_device = resolve_device(cfg.device, "score.device", dist.local_rank)
     weights = inception.resolve_weights(cache_dir)
     model = inception.load_inception(weights, torch_device)
+
+    # Generated features: under torchrun each rank extracts its share, rank 0 gets them all.
+    gathered = _features_on_all_ranks(files, model, batch_size, torch_device, workers, quiet)
+    if gathered is None:
+        return None  # ranks other than 0: their share is with rank 0, which scores
+    features, skipped = gathered
+    # Reference: cached statistics, or computed once now.
     ref = load_reference(reference, cfg.reference_n, model, weights, cache_dir, batch_size,
                          torch_device, workers, quiet)
     if ref.skipped:
         notes.append(_skip_note("reference", ref.skipped))
-
-    # Generated features and FID
-    features, skipped = extract_features_skipping(
-        files, model, batch_size, torch_device, workers, quiet
-    )
     if skipped:
         notes.append(_skip_note("generated", skipped))
     if len(features) < 2:
