@@ -121,8 +121,8 @@ test: $(STAMP) ## the whole test suite (about 9 minutes on 2 CPU cores; kept und
 test-fast: $(STAMP) ## the tests not marked slow
 	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
-bench: $(STAMP) ## benchmarks against their baselines (long; see bench/RESULTS.md)
-	$(PY) bench/bench_pipeline.py
+bench: $(STAMP) ## every benchmark against its baseline at a small size: one table of ratios
+	$(PY) bench/run_all.py
 
 lock: $(STAMP) ## refresh requirements.lock from pyproject.toml (pip-tools; needs the index)
 	$(PY) -m piptools compile --quiet --strip-extras --extra dev --no-emit-index-url --no-emit-find-links \

@@ -204,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     finish(Result(
         "fid_features", f"{n} PNGs", ours_s=ours["extract_s"], theirs_s=theirs["extract_s"],
         checks={"same FID to 1e-3": result["fid_abs_diff"] <= 1e-3},
-        notes={"ours_img_per_s": result["ours_img_s"],
+        notes={"ours_fid": result["ours_fid"], "theirs_fid": result["pytorch_fid_fid"],
+               "ours_img_per_s": result["ours_img_s"],
                "theirs_img_per_s": result["pytorch_fid_img_s"],
                "peak_tflops": peak / 1e12, "gflop_per_image": per_image / 1e9,
                "ours_peak_fraction": per_image * result["ours_img_s"] / peak,

@@ -245,3 +245,32 @@ def test_pinned_weights_digest(tiny_yolo: Path, tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("crop:\n  weights_sha256: ABC\n")
     with pytest.raises(UserError, match="crop.weights_sha256"):  # the knob's own rule
         load_params(tmp_path / "p.yaml")
+
+
+def test_a_download_with_another_digest_is_refused_and_kept_aside(tiny_yolo: Path,
+                                                                 tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """A known asset (yolo11n.pt) is checked against its recorded sha256 right after the
+    download. Mocked, because this machine cannot reach GitHub: ultralytics' online check and
+    its download function are replaced by ones that 'download' the tiny detector's bytes."""
+    import ultralytics.utils
+    import ultralytics.utils.downloads as downloads
+
+    from pipeline.ingest import detect
+
+    def fake_download(path, **_):
+        Path(path).write_bytes(tiny_yolo.read_bytes())
+        return str(path)
+
+    monkeypatch.setattr(ultralytics.utils, "is_online", lambda: True)
+    monkeypatch.setattr(downloads, "attempt_download_asset", fake_download)
+    with pytest.raises(UserError) as error:
+        resolve_weights("yolo11n.pt", tmp_path)
+    message = str(error.value)
+    assert detect.KNOWN_DOWNLOADS["yolo11n.pt"][0] in message
+    assert sha256_file(tmp_path / "yolo11n.pt.rejected") in message
+    assert not (tmp_path / "yolo11n.pt").exists()  # never left where it would be loaded
+    # The same bytes under a recorded digest pass (as the real asset does with the real one).
+    monkeypatch.setitem(detect.KNOWN_DOWNLOADS, "yolo11n.pt",
+                        (sha256_file(tiny_yolo), tiny_yolo.stat().st_size))
+    assert resolve_weights("yolo11n.pt", tmp_path) == tmp_path / "yolo11n.pt"

@@ -153,6 +153,34 @@ def _import_ultralytics() -> None:
         SETTINGS.update(sync=False)  # writes the settings file once, then it stays off
 
 
+# sha256 and size of ultralytics' COCO release assets that a download is checked against. Not
+# verifiable on the offline machine this was written on: the same digest and size are recorded
+# by ten unrelated public projects that pinned these files (one names release v8.4.0), and no
+# other digest for these names was found. A mismatch is refused, never loaded.
+KNOWN_DOWNLOADS = {
+    "yolo11n.pt": ("0ebbc80d4a7680d14987a577cd21342b65ecfd94632bd9a8da63ae6417644ee1", 5_613_764),
+    "yolo11s.pt": ("85a76fe86dd8afe384648546b56a7a78580c7cb7b404fc595f97969322d502d5", 19_313_732),
+    "yolo11m.pt": ("d5ffc1a674953a08e11a8d21e022781b1b23a19b730afc309290bd9fb5305b95", 40_684_120),
+}
+
+
+def check_download(path: Path) -> None:
+    """A freshly downloaded known asset must have its recorded sha256: else it is moved aside
+    to <name>.rejected (kept for inspection, never loaded) and the download is refused."""
+    known = KNOWN_DOWNLOADS.get(path.name)
+    if known is None:
+        return
+    expected, size = known
+    actual = sha256_file(path)
+    if actual != expected:
+        aside = path.with_name(path.name + ".rejected")
+        path.replace(aside)
+        raise UserError(f"the downloaded {path.name} has sha256 {actual} ({aside.stat().st_size:,} "
+                        f"bytes), not the recorded {expected} ({size:,} bytes); refused and moved "
+                        f"to {aside}. Download it again, or if you trust another file, put it at "
+                        f"{path} and set crop.weights_sha256 to its digest")
+
+
 def resolve_weights(weights: str, base_dir: Path | None) -> Path:
     """A local weights file for `weights`, downloading a known ultralytics model when online.
 
@@ -181,6 +209,7 @@ def resolve_weights(weights: str, base_dir: Path | None) -> Path:
                         f"({type(error).__name__}: {error}); {fix}") from None
     if not found.is_file():
         raise UserError(f"YOLO weights '{weights}' could not be downloaded; {fix}")
+    check_download(found)
     return found
 
 
