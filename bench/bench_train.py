@@ -124,7 +124,7 @@ def seed_step(netG: torch.nn.Module, netD: torch.nn.Module, optimizerG: torch.op
             + torch.mean((outputF - torch.mean(outputR) - labels) ** 2)) / 2
     errG.backward()
     optimizerG.step()
-    return float(errG)
+    return float(errG.detach())
 
 
 def pipeline_loop(pack_dir: Path, work: Path, amp: str, width: float, batch: int, warmup: int,

@@ -169,6 +169,16 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def test_two_ranks_hold_the_same_weights_at_every_checkpoint(two_ranks: Path) -> None:
+    """Each checkpoint gathers a digest of every rank's G and D parameters (state.save): after
+    every step of the 2-rank run (trained, stopped, resumed) the ranks' weights are bit-equal."""
+    from pipeline.gan import checkpoint as ckpt
+
+    metas = [ckpt.read_meta(p) for p in ckpt.list_checkpoints(two_ranks / "run/checkpoints")]
+    assert metas and all(m["world_size"] == 2 and m["ranks_agree"] is True for m in metas)
+    assert max(m["kimg"] for m in metas) == 0.064
+
+
 def test_ddp_d_step_matches_one_process(two_ranks: Path) -> None:
     ddp_grads = torch.load(two_ranks / "grads.pt", weights_only=True)
     single = _d_gradients(Dist())

@@ -9,6 +9,7 @@ restores itself from one: the keys of a checkpoint are named here once (`_statef
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,16 @@ _COUNTERS = ("images_seen", "steps", "diversity_best", "last_stats", "best")
 
 
 @dataclass
+def weights_digest(*modules: nn.Module) -> str:
+    """sha256 of the modules' parameters, bit for bit, in order."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for tensor in module.parameters():
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                          .numpy().tobytes())
+    return digest.hexdigest()
+
+
 class TrainState:
     """The mutable state of a run. Tensors go to the checkpoint's .pt, counters to its .json."""
 
@@ -103,15 +114,22 @@ class TrainState:
 
         `sampler_state` is the reader's view of the data stream (before any prefetched batch).
         """
-        rng = all_gather_objects(ckpt.capture_rng(), dist)  # a collective: all ranks call it
+        # A collective (all ranks call it): every rank's RNG state, and a digest of its weights,
+        # which DDP keeps equal on every rank; a difference means the ranks drifted apart.
+        gathered = all_gather_objects((ckpt.capture_rng(), weights_digest(self.G, self.D)), dist)
         if not dist.is_main:
             return None
+        rng = [state for state, _ in gathered]
+        ranks_agree = len({digest for _, digest in gathered}) == 1
+        if not ranks_agree:
+            print(f"warning: at {self.images_seen / 1000:g} kimg the {dist.world_size} ranks "
+                  "hold different weights: DDP should keep them equal (report this)", flush=True)
         tensors = {key: part.state_dict() for key, part in self._stateful().items()}
         tensors.update(rng=rng, pl_mean=self.pl_mean)
         meta = {key: getattr(self, key) for key in _COUNTERS}
         meta.update(kimg=self.images_seen / 1000, sampler=sampler_state,
                     ada=self.ada.state_dict(), config=asdict(cfg), spec=asdict(spec),
-                    world_size=dist.world_size, written=time.time())
+                    world_size=dist.world_size, ranks_agree=ranks_agree, written=time.time())
         path = ckpt.save_checkpoint(ckpt_dir, tensors, meta)
         ckpt.prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
         return path
