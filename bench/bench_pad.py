@@ -251,6 +251,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000, help="number of photos (default 1,000)")
     parser.add_argument("--child", choices=["seed", "ours", "seed-keep"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true",
+                        help="all cores only, no memory check (a smoke run)")
     args = parser.parse_args()
     sys.path.insert(0, str(BENCH.parent))  # import pipeline from this checkout
     if args.child == "seed-keep":
@@ -272,7 +274,8 @@ def main() -> None:
     one_core = str(sorted(os.sched_getaffinity(0))[0])
     ours_error, seed_error = fidelity(files[:20])
     lines = {}
-    for label, pin in (("all cores", None), ("one core", one_core)):
+    pins = (("all cores", None),) + ((("one core", one_core),) if not args.quick else ())
+    for label, pin in pins:
         project = OUT / "pad_project"
         command = pipeline_project(project, args.n)
         lines[label] = timed_command(command, pin)
@@ -296,6 +299,8 @@ def main() -> None:
     for label, seconds in lines.items():
         print(f"make pad from photos ({label:>9}): {seconds:7.1f} s {args.n / seconds:7.1f} img/s"
               f"  -> {seed / seconds:.2f}x")
+    if args.quick:
+        return
     # The pad stage alone: flat memory, the N run should peak where the N/10 run did.
     small = measure("ours", max(1, args.n // 10))
     ours = measure("ours", args.n)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -60,9 +61,9 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
                             "--group", "1"]),
         ("bench_generate.py", ["--n", "24", "--width", "0.125", "--batch-size", "8",
                                "--out", "{out}/generate"]),
-        ("bench_pad.py", ["--n", "6"]),
-        ("bench_fid.py", ["--n", "12", "--batch-size", "6"]),
-        ("bench_fid_repeat.py", ["--n", "24", "--project", "{project}"]),
+        ("bench_pad.py", ["--n", "6", "--quick"]),
+        ("bench_fid_repeat.py", ["--n", "16", "--project", "{project}"]),
+        ("bench_fid.py", ["--n", "8", "--batch-size", "4"]),
     ],
     "small": [
         ("bench_train.py", ["--width", "0.25", "--batch", "32", "--steps", "10", "--warmup", "2",
@@ -73,7 +74,11 @@ SUITES: dict[str, list[tuple[str, list[str]]]] = {
         ("bench_fid_repeat.py", ["--n", "200", "--project", "{project}"]),
     ],
 }
-PROJECT_SIZES = {"toy": (24, 24), "small": (300, 200)}  # (emoji fetched, images generated)
+PROJECT_SIZES = {"toy": (16, 16), "small": (300, 200)}  # (emoji fetched, images generated)
+# With --jobs 2 (the smoke test: timings are not read there, only checks), two lanes run side by
+# side; the two FID benchmarks share pytorch-fid's weights folder, so they stay in one lane.
+LANES = (("bench_fid_repeat.py", "bench_fid.py"), ("bench_train.py", "bench_generate.py",
+                                                    "bench_pad.py"))
 
 
 def make_project(folder: Path, size: str) -> None:
@@ -84,6 +89,20 @@ def make_project(folder: Path, size: str) -> None:
     downloads = ROOT / "data" / "downloads"  # the npm tarball, when this checkout has it
     if downloads.is_dir() and not (folder / "data" / "downloads").exists():
         shutil.copytree(downloads, folder / "data" / "downloads")
+
+
+def run_lane(scripts: tuple[str, ...], commands: dict[str, list[str]],
+             env: dict[str, str]) -> str:
+    """Run these benchmarks one after the other; '' when all passed, else what failed."""
+    for script in scripts:
+        start = time.perf_counter()
+        done = subprocess.run(commands[script], cwd=ROOT, env=env, capture_output=True,
+                              text=True)
+        print(f"== {' '.join(commands[script][1:])} ({time.perf_counter() - start:.0f} s)\n"
+              f"{done.stdout[-3000:]}", flush=True)
+        if done.returncode != 0:
+            return f"{script} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
+    return ""
 
 
 def table(rows: list[dict]) -> str:
@@ -105,6 +124,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=list(SUITES), default="small")
     parser.add_argument("--out", type=Path, default=BENCH / "out" / "run_all")
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1,
+                        help="2: two benchmarks at a time (a smoke run; ratios are then noise)")
     args = parser.parse_args()
     out = args.out.resolve()
     shutil.rmtree(out / "generate", ignore_errors=True)
@@ -114,14 +135,14 @@ def main() -> None:
     project = out / "project"
     make_project(project, args.size)
     env = {**os.environ, RESULTS_ENV: str(results)}
-    for script, arguments in SUITES[args.size]:
-        filled = [a.format(out=out, project=project) for a in arguments]
-        print(f"== {script} {' '.join(filled)}", flush=True)
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, str(BENCH / script), *filled], cwd=ROOT, env=env)
-        if done.returncode != 0:
-            raise SystemExit(f"{script} failed (exit {done.returncode}); see its output above")
-        print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+    commands = {script: [sys.executable, str(BENCH / script),
+                         *(a.format(out=out, project=project) for a in arguments)]
+                for script, arguments in SUITES[args.size]}
+    lanes = LANES if args.jobs == 2 else (tuple(commands),)
+    with ThreadPoolExecutor(len(lanes)) as pool:
+        for failure in pool.map(lambda lane: run_lane(lane, commands, env), lanes):
+            if failure:
+                raise SystemExit(failure)
     rows = [json.loads(line) for line in results.read_text(encoding="utf-8").splitlines()]
     print(f"\n{args.size} sizes on {cpu_name()} ({os.cpu_count()} CPUs); ratio = theirs / ours")
     print(table(rows))

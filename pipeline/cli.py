@@ -35,7 +35,8 @@ from typing import Annotated, TextIO
 import typer
 
 from pipeline.core import layout
-from pipeline.core.config import SECTIONS, load_params, section_doc
+from pipeline.core.config import SECTIONS, Params, load_params, section_doc
+from pipeline.core.distributed import command_group
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.lock import project_lock
@@ -100,8 +101,17 @@ def run(
     """Run the named stages and whatever upstream of them is not cached."""
     graph = _graph(root, params, _split_overrides(set_ or []))
     names = [s.value for s in stages]
-    with project_lock(graph.project.data), log_to_file(graph.project.data / "logs", names):
+    with project_lock(graph.project.data), log_to_file(graph.project.data / "logs", names), \
+            command_group(_group_device(graph.params)):
         graph.run(names, force=names if force else (), quiet=quiet)
+
+
+def _group_device(params: Params) -> str:
+    """The device type a torchrun command's process group serves (NCCL for CUDA, else Gloo):
+    the training device's, which generation and scoring follow by default."""
+    import torch
+
+    return "cuda" if params.train.device != "cpu" and torch.cuda.is_available() else "cpu"
 
 
 @contextlib.contextmanager

@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_make_bench_runner_at_toy_size_every_benchmark_checked(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "bench" / "run_all.py"), "--size", "toy",
-                             "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
-                            text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, str(REPO / "bench" / "run_all.py"), "--size", "toy",
+               "--jobs", "2", "--out", str(tmp_path / "out")]  # two lanes: checks, not timings
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = [json.loads(line) for line in
             (tmp_path / "out" / "results.jsonl").read_text().splitlines()]

@@ -9,7 +9,9 @@ Rank 0 is the one that prints, logs, checkpoints and exports (`print0`, `Dist.is
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -80,6 +82,23 @@ def init_from_env(device_type: str) -> Dist:
         backend = "nccl" if device_type == "cuda" else "gloo"
         torch_dist.init_process_group(backend=backend, rank=dist.rank, world_size=dist.world_size)
     return dist
+
+
+@contextlib.contextmanager
+def command_group(device_type: str) -> Iterator[None]:
+    """Under torchrun, one process group for a whole command: joined here, left at the end.
+
+    Stages that need one (train, generate, score) then find it joined and keep it. Leaving a
+    group and joining a new one within one torchrun job can fail: torchrun's store keeps the
+    old group's addresses, and a rank that moves on first may connect to a stale one.
+    """
+    joined = env_dist().enabled and not torch_dist.is_initialized()
+    dist = init_from_env(device_type) if joined else Dist()
+    try:
+        yield
+    finally:
+        if joined:
+            shutdown(dist)
 
 
 def shutdown(dist: Dist) -> None:

@@ -33,7 +33,6 @@ from pipeline.gan.precision import Precision
 _COUNTERS = ("images_seen", "steps", "diversity_best", "last_stats", "best")
 
 
-@dataclass
 def weights_digest(*modules: nn.Module) -> str:
     """sha256 of the modules' parameters, bit for bit, in order."""
     digest = hashlib.sha256()
@@ -44,6 +43,7 @@ def weights_digest(*modules: nn.Module) -> str:
     return digest.hexdigest()
 
 
+@dataclass
 class TrainState:
     """The mutable state of a run. Tensors go to the checkpoint's .pt, counters to its .json."""
 
