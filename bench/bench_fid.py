@@ -93,11 +93,11 @@ def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def pytorch_fid_command(
-    weights: inception.InceptionWeights, device: str, batch_size: int
+    weights: inception.InceptionWeights, device: str, batch_size: int,
+    torch_home: Path = OUT / "torch_home",
 ) -> tuple[list[str], dict[str, str]]:
     """pytorch-fid's command line and an environment in which it finds `weights`."""
     # pytorch-fid reads its weights from $TORCH_HOME/hub/checkpoints/<its file name>.
-    torch_home = OUT / "torch_home"
     hub_file = torch_home / "hub" / "checkpoints" / inception.PYTORCH_FID_FILE
     hub_file.parent.mkdir(parents=True, exist_ok=True)
     hub_file.unlink(missing_ok=True)

@@ -84,7 +84,7 @@ def main() -> None:
         shutil.copy2(path, gen / path.name)
     # Warm-up, theirs: pytorch-fid's own cache of the reference statistics.
     weights = inception.resolve_weights(project / "data" / "cache", download=False)
-    base, env = pytorch_fid_command(weights, args.device, 50)
+    base, env = pytorch_fid_command(weights, args.device, 50, OUT / "torch_home")
     ref_stats = OUT / "ref.npz"
     ref_stats.unlink(missing_ok=True)
     pytorch_fid(base, env, "--save-stats", str(reference), str(ref_stats))
