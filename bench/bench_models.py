@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from pipeline.core.config import TrainConfig  # noqa: E402
 from pipeline.gan.plots import make_grid  # noqa: E402
+from pipeline.gan.precision import eval_dtype  # noqa: E402
 from pipeline.scoring.snapshots import SnapshotScorer  # noqa: E402
 
 # Each family's recipe as a contestant would set it on two CPU cores: the paper's loss, tricks
@@ -103,9 +104,13 @@ def prepare_base(base: Path, args: argparse.Namespace) -> None:
     pipeline("augment", base, common_settings(args) + RECIPES["dcgan-ralsgan"])
     # Reference statistics of data/clean into the shared cache, so no entry pays for them:
     # all of it (the final score) and the evaluations' spread sample (train.eval_reference_n).
-    for reference_n in (0, TrainConfig().eval_reference_n):
-        SnapshotScorer(base / "data/clean", base / "data/cache", 10, 8, torch.device("cpu"),
-                       reference_n=reference_n)
+    # The evaluations' sample in the precision they use (train.eval_precision: auto), the full
+    # reference in float32 as the score stage reads it.
+    cpu = torch.device("cpu")
+    for reference_n, dtype in ((0, None), (TrainConfig().eval_reference_n,
+                                           eval_dtype(TrainConfig().eval_precision, cpu))):
+        SnapshotScorer(base / "data/clean", base / "data/cache", 10, 8, cpu,
+                       reference_n=reference_n, dtype=dtype)
 
 
 def entry_project(base: Path, project: Path) -> None:
