@@ -115,7 +115,7 @@ report: $(STAMP) ## data/report/index.html: stages, dataset, training curves, sa
 params: $(STAMP) ## every parameter with its default and meaning
 	@$(PY) -m pipeline params
 
-test: $(STAMP) ## the whole test suite (about 11 minutes on 2 CPU cores)
+test: $(STAMP) ## the whole test suite (about 12 minutes on 2 CPU cores)
 	$(PY) -m pytest -q $(ARGS)
 
 test-fast: $(STAMP) ## the tests not marked slow
