@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline.core.faults import KILL_ENV
+from pipeline.core.faults import KILL_ENV, POINTS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -374,6 +374,9 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
     short_zip = _zip_digest(root)
     _killed_at(root, "package:validating")
     assert _zip_digest(root) == short_zip  # the short run's submission, untouched
+    killed_at = ("fetch:files-written", "pad:first-image", "augment:first-image",
+                 "swap:between-renames", "package:validating")
+    assert set(killed_at) == set(POINTS)  # every kill point the code declares is swept here
     assert {"crop", "train", "generate"} <= set(killed), killed
     summary(cli(root, "run", "package"))
     assert _zip_digest(root) == (project / "straight.sha256").read_text()

@@ -14,6 +14,7 @@ import os
 import signal
 
 KILL_ENV = "PIPELINE_KILL_AT"
+# Every kill_point call in the code; the kill sweep checks that it tries each one.
 POINTS = ("fetch:files-written", "pad:first-image", "augment:first-image",
           "swap:between-renames", "package:validating")
 
