@@ -11,7 +11,8 @@ commands, each from a fresh interpreter:
          copyMakeBorder, normalise to [-1, 1], matplotlib imsave as .jpg), one process;
   ours   `python -m pipeline run pad` on a project whose `fetch.source` is `dir:` the photos
          and `crop.method: none` (no detector): what a user runs to get data/clean from a folder
-         of photos: copy in, decode each photo safely into a PNG, letterbox it, dedupe;
+         of photos: copy in, check each photo decodes (crop.method none links it unchanged),
+         letterbox it from a reduced-scale JPEG decode, dedupe;
          once on every core and once pinned to one core (`taskset`), the seed's share.
 Checks: both sides write N images of 128x128, and ours lands no farther than the seed's from a
 full decode + INTER_AREA shrink (JPEG draft decoding against the seed's aliasing bilinear).

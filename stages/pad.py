@@ -23,7 +23,8 @@ from pipeline.ingest.pad import pad_images
 
 def run(ctx: StageContext) -> StageResult:
     cfg, crops = ctx.params.pad, ctx.inputs["crop"] / layout.CROP_IMAGES_DIR
-    files = sorted(crops.glob("*.png"))
+    # PNGs from alpha and yolo crops; with crop.method none, the checked source files themselves
+    files = sorted(path for path in crops.iterdir() if path.is_file())
     decisions = pad_images(files, crops, ctx.out_dir, cfg, ctx.quiet)
     write_decisions(decisions, ctx.out_dir / layout.PAD_REPORT_CSV)
     crop_rows = read_decisions(ctx.inputs["crop"] / layout.DECISIONS_CSV)

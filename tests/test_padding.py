@@ -108,10 +108,10 @@ def test_ingest_record_names_source_files_and_outputs(tmp_path):
     crops, clean = tmp_path / "crops", tmp_path / "clean"
     crop_rows = crop_images(sorted(p for p in source.rglob("*") if p.is_file()), source, crops,
                             CropConfig(method="none"), 10**8, quiet=True, workers=1)
-    assert {r.file: r.output for r in crop_rows} == {
+    assert {r.file: r.output for r in crop_rows} == {  # method none: the files themselves
         "bikes/red 01.png": "bikes__red 01.png", "bikes/red 02.png": "bikes__red 02.png",
-        "blue.jpg": "blue.png", "page.png": "", "tiny.png": "tiny.png"}
-    pad_rows = pad_images(sorted(crops.glob("*.png")), crops, clean, PadConfig(size=32, workers=1),
+        "blue.jpg": "blue.jpg", "page.png": "", "tiny.png": "tiny.png"}
+    pad_rows = pad_images(sorted(crops.iterdir()), crops, clean, PadConfig(size=32, workers=1),
                           quiet=True)
     # Through the CSV, as the pad stage reads crop's record
     write_decisions(crop_rows, tmp_path / "decisions.csv")
@@ -125,3 +125,31 @@ def test_ingest_record_names_source_files_and_outputs(tmp_path):
         "tiny.png": ("pad", "rejected", ""),
     }
     assert sorted(p.name for p in clean.iterdir()) == ["bikes__red 01.png", "blue.png"]
+
+
+def test_method_none_links_checked_files_unchanged(tmp_path):
+    """crop.method none re-encodes nothing: a photo reaches pad as its own JPEG bytes (pad then
+    decodes it once, at a reduced scale). Files are still checked: a truncated JPEG is rejected
+    with its reason, and the box is the picture as pad sees it, EXIF turn applied."""
+    source, crops = tmp_path / "raw", tmp_path / "crops"
+    source.mkdir()
+    Image.fromarray(photo(4, 90, 60)).save(source / "Beach.JPG", quality=90)
+    turned = Image.fromarray(photo(5, 80, 50))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # stored 80x50, shown turned a quarter: 50x80
+    turned.save(source / "turned.jpg", quality=90, exif=exif.tobytes())
+    whole = (source / "Beach.JPG").read_bytes()
+    (source / "cut.jpg").write_bytes(whole[:len(whole) // 2])  # a download that stopped halfway
+    rows = crop_images(sorted(source.iterdir()), source, crops, CropConfig(method="none"), 10**8,
+                       quiet=True, workers=1)
+    by_file = {row.file: row for row in rows}
+    assert by_file["Beach.JPG"].output == "Beach.jpg" and by_file["Beach.JPG"].box == "0 0 90 60"
+    assert (crops / "Beach.jpg").read_bytes() == whole
+    assert by_file["turned.jpg"].box == "0 0 50 80"
+    assert by_file["cut.jpg"].decision == "rejected"
+    assert by_file["cut.jpg"].reason.startswith("corrupt: ")
+    assert sorted(p.name for p in crops.iterdir()) == ["Beach.jpg", "turned.jpg"]
+    pad_rows = pad_images(sorted(crops.iterdir()), crops, tmp_path / "clean",
+                          PadConfig(size=32, workers=1), quiet=True)
+    assert [(row.file, row.output) for row in pad_rows] == [("Beach.jpg", "Beach.png"),
+                                                          ("turned.jpg", "turned.png")]

@@ -14,6 +14,7 @@ import math
 import multiprocessing
 import os
 import secrets
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +45,20 @@ def temporary_sibling(path: Path, suffix: str = TMP_SUFFIX) -> Path:
             return tmp
         except FileExistsError:  # 1 in 4 billion: draw another name
             continue
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` the same bytes as `source`, atomically (a kill leaves old or new)."""
+    tmp = temporary_sibling(target, ".part")  # a fresh unique name, reserved ...
+    tmp.unlink()  # ... then freed for the link
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or links not allowed: copy
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_path(path: Path) -> None:

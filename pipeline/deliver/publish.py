@@ -10,30 +10,15 @@ there stay. `package.keep_history` caps the history (oldest first; only entries 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from pipeline.core.files import temporary_sibling
+from pipeline.core.files import link_or_copy
 
 HISTORY = "history"  # submissions/history/
 ENTRY = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{12}$")  # the names this module gives entries
-
-
-def link_or_copy(source: Path, target: Path) -> None:
-    """Make `target` the same bytes as `source`, atomically (a kill leaves old or new)."""
-    tmp = temporary_sibling(target, ".part")  # a fresh unique name, reserved ...
-    tmp.unlink()  # ... then freed for the link
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:  # another file system, or links not allowed: copy
-            shutil.copy2(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _same_file(a: Path, b: Path) -> bool:

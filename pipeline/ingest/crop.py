@@ -1,9 +1,11 @@
-"""Crop stage work for `method: alpha | none`: normalise every source file into one PNG.
+"""Crop stage work for `method: alpha | none`: one flat, checked file per usable source file.
 
-Fetched datasets come in any layout, format and file name. This module decodes each file safely,
-crops transparent cut-outs (emoji renders, product shots) to their opaque extent, and writes one
-flat, readable PNG per kept image, so pad and later stages see a uniform folder. The YOLO method
-lives in pipeline/ingest/detect.py and reuses `flat_names` and `parallel_map` from here.
+Fetched datasets come in any layout, format and file name. This module decodes each file safely
+and gives every kept image a flat, unique name, so pad and later stages see one folder. `alpha`
+crops transparent cut-outs (emoji renders, product shots) to their opaque extent and writes the
+crop as a PNG; `none` links the checked file itself (no re-encoding: a photo's JPEG stays a
+JPEG, which pad then decodes once, at a reduced scale). The YOLO method lives in
+pipeline/ingest/detect.py and reuses `flat_names` and `parallel_map` from here.
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.core.config import CropConfig
-from pipeline.core.files import process_pool_context, resolve_workers
+from pipeline.core.files import link_or_copy, process_pool_context, resolve_workers
 from pipeline.ingest.decisions import Decision, kept, rejected
-from pipeline.ingest.images import alpha_bbox, load_image, save_png
+from pipeline.ingest.images import alpha_bbox, load_image, save_png, upright_size
 
 STAGE = "crop"
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes a name; leave room for suffixes
 _UNSAFE = set('\\:*?"<>|') | {chr(c) for c in range(32)}  # risky on some file systems
+# method none checks that a file decodes at the smallest scale the JPEG decoder offers (1/8):
+# every byte of the stream is still read, so truncation and damage show as in a full decode.
+CHECK_DRAFT = 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -96,20 +101,32 @@ def parallel_map(func: Callable[[Any], Any], tasks: Sequence[Any], workers: int,
 def _crop_one(task: tuple[str, str, str, int, float, int]) -> tuple[str, str]:
     """Worker: decode, crop, write. Returns (reason, box); reason '' means kept."""
     src, dst, method, threshold, margin, max_pixels = task
+    if method == "none":
+        return _pass_through(Path(src), Path(dst), max_pixels)
     image, reason = load_image(Path(src), max_pixels)
     if image is None:
         return reason, ""
-    box = (0, 0, image.shape[1], image.shape[0])  # method none: the whole picture
-    if method == "alpha":
-        box = alpha_bbox(image, threshold, margin)
-        if box is None:
-            return "empty: fully transparent", ""
-        x0, y0, x1, y1 = box
-        image = image[y0:y1, x0:x1]
-        if image.shape[2] == 4 and image[:, :, 3].min() == 255:
-            image = image[:, :, :3]  # the crop is opaque throughout: alpha no longer matters
+    box = alpha_bbox(image, threshold, margin)
+    if box is None:
+        return "empty: fully transparent", ""
+    x0, y0, x1, y1 = box
+    image = image[y0:y1, x0:x1]
+    if image.shape[2] == 4 and image[:, :, 3].min() == 255:
+        image = image[:, :, :3]  # the crop is opaque throughout: alpha no longer matters
     save_png(image, Path(dst), compress_level=1)  # scratch file for pad: favour speed
     return "", " ".join(map(str, box))
+
+
+def _pass_through(src: Path, dst: Path, max_pixels: int) -> tuple[str, str]:
+    """method none: the whole picture, unchanged. Checked as any other (a bomb, a damaged or
+    disguised file is rejected here with its reason), then linked rather than re-encoded: a
+    photo's full-size PNG cost more to write and to read back than everything pad does."""
+    image, reason = load_image(src, max_pixels, draft=CHECK_DRAFT)
+    if image is None:
+        return reason, ""
+    width, height = upright_size(src)
+    link_or_copy(src, dst)
+    return "", f"0 0 {width} {height}"
 
 
 def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, max_pixels: int,
@@ -126,6 +143,9 @@ def crop_images(files: list[Path], root: Path, out_dir: Path, cfg: CropConfig, m
     # Sorted relative paths fix both the row order and the name given to each output.
     rels = sorted(Path(f).relative_to(root).as_posix() for f in files)
     names = flat_names(rels)
+    if cfg.method == "none":  # the file itself: its own format's suffix (unique stems stay so)
+        names = {rel: name[:-len(".png")] + Path(rel).suffix.lower()
+                 for rel, name in names.items()}
     # Tasks are plain tuples: cheap to pickle to the workers.
     tasks = [(str(root / rel), str(out_dir / names[rel]), cfg.method, cfg.alpha_threshold,
               cfg.margin, max_pixels) for rel in rels]

@@ -137,6 +137,17 @@ def load_image(path: Path, max_pixels: int, draft: int = 0,
                 return None, f"corrupt: {type(error).__name__}: {error}"
 
 
+def upright_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a file load_image has decoded, EXIF turn applied, from its header."""
+    with Image.open(path) as im:
+        width, height = im.size
+        try:
+            turned = im.getexif().get(0x0112, 1) in (5, 6, 7, 8)  # a quarter turn swaps sides
+        except _DECODE_ERRORS:
+            turned = False  # as _upright: a damaged EXIF block leaves the pixels as stored
+    return (height, width) if turned else (width, height)
+
+
 def check_geometry(image: np.ndarray, min_side: int, max_aspect: float) -> str:
     """'' when the image is usable, else why not: too small to carry detail, or a banner/strip."""
     height, width = image.shape[:2]
