@@ -16,15 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.core.pixels import png_levels
+
 
 def pixel_levels(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8 in [0, 255], on the same device.
 
-    Rounds to the nearest level (x * 127.5 + 127.5), clamping what the generator overshoots:
-    the rounding of every generated PNG (deliver.generate), the export and the budget probe.
+    The rounding of every generated PNG (deliver.generate), the export and the budget probe;
+    the snapshot scores use the same levels (core.pixels).
     """
-    pixels = images.float().mul(127.5).add(127.5).clamp(0, 255).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1)  # (N, H, W, C)
+    return png_levels(images).to(torch.uint8).permute(0, 2, 3, 1)  # (N, H, W, C)
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline.core.pixels import png_levels
 from pipeline.scoring import inception, metrics
 from pipeline.scoring.fid import ReferenceStats, frechet_distance, load_reference, statistics
 
@@ -78,7 +79,7 @@ class SnapshotScorer:
 
     def _features(self, images: torch.Tensor) -> np.ndarray:
         """Inception pool3 features of generator output, through the PNG's uint8 rounding."""
-        pixels = images.mul(127.5).add(127.5).clamp(0, 255).round()  # (B, C, H, W) levels
+        pixels = png_levels(images)  # (B, C, H, W), the levels generate's PNGs hold
         if pixels.shape[1] == 1:  # grey: PIL's convert("RGB") repeats the channel
             pixels = pixels.expand(-1, 3, -1, -1)
         model_input = (pixels / 255).contiguous(memory_format=torch.channels_last)
