@@ -115,11 +115,13 @@ report: $(STAMP) ## data/report/index.html: stages, dataset, training curves, sa
 params: $(STAMP) ## every parameter with its default and meaning
 	@$(PY) -m pipeline params
 
+# Two pytest-xdist workers (tests/conftest.py says why); TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) ## the whole test suite (about 12 minutes on 2 CPU cores)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 test-fast: $(STAMP) ## the tests not marked slow
-	$(PY) -m pytest -q -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
 
 bench: $(STAMP) ## every benchmark against its baseline at a small size: one table of ratios
 	$(PY) bench/run_all.py

@@ -136,34 +136,6 @@ def test_the_ledger_joins_zips_scores_and_what_was_sent(tmp_path: Path) -> None:
     assert "Kaggle dogs: public score 41.5" in table and "not scored locally" in table
 
 
-def test_kaggle_submissions_are_read_through_the_real_client(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The kaggle package itself, against the loopback stand-in for Kaggle's API."""
-    from kaggle_server import FakeKaggle, port_free
-
-    if port_free():
-        pytest.skip(port_free())
-    for key in ("KAGGLE_API_TOKEN", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "kaggle-config"))
-    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
-    monkeypatch.setenv("KAGGLE_USERNAME", "tester")
-    monkeypatch.setenv("KAGGLE_KEY", "dummy-key")
-    from pipeline.core.errors import UserError
-    from pipeline.deliver.submission import kaggle_submissions
-
-    rows = [{"ref": 7, "fileName": "images.zip", "date": "2026-11-30T10:05:30Z",
-             "description": "first", "status": "COMPLETE", "publicScore": "41.5"}]
-    with FakeKaggle(submissions={"dogs": rows}) as fake:
-        listed = kaggle_submissions("dogs")
-        with pytest.raises(UserError, match="submissions of nope"):
-            kaggle_submissions("nope")
-    assert any("ListSubmissions" in path for path in fake.paths())
-    assert listed == [{"file_name": "images.zip", "date": dt.datetime(2026, 11, 30, 10, 5, 30),
-                       "description": "first", "status": "COMPLETE", "public_score": "41.5",
-                       "private_score": None}]
-
-
 # ----------------------------------------------------------------------------------------------
 # ENV=system: the environment check
 

@@ -60,9 +60,10 @@ score:
 
 pytestmark = pytest.mark.slow
 
-# Torch threads of every CLI run here: both cores (scoring and generation are most of the time
-# these tests wait for). Runs compared byte for byte all use the same count.
-CLI_ENV = {"OMP_NUM_THREADS": "2"}
+# Torch threads of every CLI run here: both cores when the suite runs in one process (scoring
+# and generation are most of the time these tests wait for), one beside another xdist worker
+# (tests/conftest.py sets it). Runs compared byte for byte all use the same count.
+CLI_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 
 
 def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ server is ours (tests/kaggle_server.py). Needs port 80 on 127.0.0.1 (tests run a
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import io
 import zipfile
@@ -20,6 +21,8 @@ from PIL import Image
 from pipeline.core.errors import UserError
 from pipeline.ingest.sources import fetch
 
+# One file holds every test of the fake server: `make test`'s workers take whole files, so two
+# never bind port 80 at once.
 pytestmark = pytest.mark.skipif(bool(port_free()), reason=port_free() or "port 80 is free")
 
 NAMES = ["đồng hồ/Đồng hồ cổ 1.png", "đồng hồ/Đồng hồ cổ 2.png", "xe máy/xe máy.jpg"]
@@ -190,3 +193,20 @@ def test_redaction_masks_every_form_of_the_key(env: Path, monkeypatch: pytest.Mo
     masked = redact_credentials(text)
     assert _leaks(masked) == [] and masked.count("***") == 3
     assert redact_credentials("nothing secret here") == "nothing secret here"
+
+
+def test_kaggle_submissions_are_read_through_the_real_client(env: Path) -> None:
+    """The submissions ledger's kaggle side: the kaggle package itself lists a competition's
+    submissions from the loopback stand-in, and an unknown competition is one sentence."""
+    from pipeline.deliver.submission import kaggle_submissions
+
+    rows = [{"ref": 7, "fileName": "images.zip", "date": "2026-11-30T10:05:30Z",
+             "description": "first", "status": "COMPLETE", "publicScore": "41.5"}]
+    with FakeKaggle(submissions={"dogs": rows}) as fake:
+        listed = kaggle_submissions("dogs")
+        with pytest.raises(UserError, match="submissions of nope"):
+            kaggle_submissions("nope")
+    assert any("ListSubmissions" in path for path in fake.paths())
+    assert listed == [{"file_name": "images.zip", "date": dt.datetime(2026, 11, 30, 10, 5, 30),
+                       "description": "first", "status": "COMPLETE", "public_score": "41.5",
+                       "private_score": None}]

@@ -116,7 +116,7 @@ def project(tmp_path_factory) -> Path:
     command = [sys.executable, "-m", "pipeline", "run", "package", "score", "--root", str(root),
                "--quiet"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "2"})
+                            env={"OMP_NUM_THREADS": "2", **os.environ})  # conftest: 1 under xdist
     assert result.returncode == 0, result.stdout + result.stderr
     # A second row in the history, as a later run with a better FID would leave (scoring twice
     # for real would double the Inception time on CPU; the scorer has its own tests).
