@@ -63,7 +63,7 @@ RECIPES: dict[str, list[str]] = {
         "train.diffaugment=color,translation,cutout",
     ],
     "fastgan": [  # Liu et al. 2021: hinge, DiffAugment color+translation, Adam(2e-4, 0.5, 0.999)
-        "train.model=fastgan", "train.loss=hinge", "train.width=0.125", "train.batch_size=16",
+        "train.model=fastgan", "train.loss=hinge", "train.width=0.125", "train.batch_size=8",
         "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
         "train.diffaugment=color,translation", "train.ema_kimg=2", "train.eval_kimg=5",
     ],
