@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.config import load_params
+from pipeline.core.config import BOOKKEEPING_KEYS, load_params
 from pipeline.core.runner import (
     MANIFEST,
     Graph,
@@ -236,3 +236,18 @@ def test_keys_read_from_other_sections_enter_the_fingerprint(tmp_path):
     base = graph([]).fingerprint("a")
     assert graph(["pad.size=64"]).fingerprint("a") == base  # a key it does not read
     assert graph(["pad.max_pixels=100"]).fingerprint("a") != base
+
+
+@pytest.mark.parametrize("override", ["train.kimg=50", "train.minutes=3", "train.tick_kimg=2",
+                                      "train.checkpoint_kimg=8", "train.snapshot_kimg=8",
+                                      "train.keep_checkpoints=5", "train.threads=1",
+                                      "train.collapse_ratio=0.2", "train.eval_kimg=10"])
+def test_bookkeeping_knobs_continue_the_same_training_run(tmp_path, override):
+    """The run folder is keyed by what changes the trajectory: a bookkeeping knob (as the train
+    stage excludes them) keeps the key, so training continues; a learning rate does not."""
+    def key(*overrides):
+        params = load_params(tmp_path / "p.yaml", list(overrides))
+        ctx = StageContext(Project(tmp_path), params, tmp_path, {}, "fp", {"augment": "x"}, "code")
+        return ctx.run_key(params.train, exclude=BOOKKEEPING_KEYS)
+
+    assert key(override) == key() != key("train.lr_g=0.001")
