@@ -181,6 +181,28 @@ def test_spec_from_config_uses_train_section() -> None:
     assert spec_from_config(config, 64, 3, output_size=128).delivered_size == 128
 
 
+@pytest.mark.parametrize("name", ["mlp", "dcgan", "fastgan", "r3gan"])
+def test_d_width_narrows_only_the_discriminator(name: str) -> None:
+    same = _spec(name, 32, width=0.25)
+    narrow = _spec(name, 32, width=0.25, d_width=0.125)
+    assert same.disc_width == 0.25 and narrow.disc_width == 0.125
+    # G is the same network; D has about a quarter of the weights (channels halved twice over).
+    torch.manual_seed(0)
+    g_same = build_generator(same)
+    torch.manual_seed(0)
+    g_narrow = build_generator(narrow)
+    for a, b in zip(g_same.state_dict().values(), g_narrow.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    d_same = count_parameters(build_discriminator(same))
+    d_narrow = count_parameters(build_discriminator(narrow))
+    assert d_narrow < 0.5 * d_same
+    assert build_discriminator(narrow)(torch.rand(2, 3, 32, 32) * 2 - 1).shape[0] == 2
+    config = TrainConfig(model=name, width=0.25, d_width=0.125)
+    assert spec_from_config(config, 32, 3).disc_width == 0.125
+    with pytest.raises(UserError, match="d_width must be >= 0"):
+        ModelSpec(name=name, size=32, channels=3, nz=16, d_width=-1)
+
+
 # ----------------------------------------------------------------------------------------------
 # StyleGAN2 properties
 

@@ -224,6 +224,10 @@ class TrainConfig:
     width: float = knob(
         0.25, "channel multiplier; 1.0 is the seeds' DCGAN-128 (13.3M/2.8M)",
         check=between(0, 4, low_open=True))
+    d_width: float = knob(
+        0.0, "discriminator's channel multiplier when it should differ from width (0 = width; "
+        "stylegan2 sizes both by channel_base): a narrower D leaves more of a CPU to G",
+        check=between(0, 4))
     nz: int = knob(128, "latent size", check=at_least(1))
     lr_g: float = knob(0.0008, "generator Adam learning rate (seed 004: 8e-4)", check=above(0))
     lr_d: float = knob(

@@ -352,4 +352,4 @@ class FastGANFamily(ModelFamily):
         return Generator(spec.size, spec.channels, spec.nz, spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return Discriminator(spec.size, spec.channels, spec.width, spec.recon_size)
+        return Discriminator(spec.size, spec.channels, spec.disc_width, spec.recon_size)

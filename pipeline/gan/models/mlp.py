@@ -75,4 +75,4 @@ class MLPFamily(ModelFamily):
         return Generator(spec.size, spec.channels, spec.nz, spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return Discriminator(spec.size, spec.channels, spec.width)
+        return Discriminator(spec.size, spec.channels, spec.disc_width)

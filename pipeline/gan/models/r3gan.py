@@ -249,4 +249,4 @@ class R3GANFamily(ModelFamily):
         return Generator(size=spec.size, channels=spec.channels, nz=spec.nz, width=spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return Discriminator(size=spec.size, channels=spec.channels, width=spec.width)
+        return Discriminator(size=spec.size, channels=spec.channels, width=spec.disc_width)

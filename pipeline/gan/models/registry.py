@@ -31,7 +31,8 @@ class ModelSpec:
     size: int  # image side in pixels (what G draws and D sees)
     channels: int  # 3 (RGB) or 1 (grey)
     nz: int  # latent size (StyleGAN2's z_dim)
-    width: float = 1.0  # channel multiplier for mlp/dcgan; 1.0 = the seeds' sizes
+    width: float = 1.0  # channel multiplier (mlp, dcgan, fastgan, r3gan); 1.0 = the seeds' sizes
+    d_width: float = 0.0  # D's channel multiplier when it differs from G's (0 = width)
     d_head: str = "global"  # dcgan D: "global" (one logit an image) or "patch" (PatchGAN)
     # StyleGAN2 only (other families ignore these):
     w_dim: int = 128  # intermediate latent (w) size
@@ -44,6 +45,11 @@ class ModelSpec:
     # Side of the delivered images (0 = size). Larger than size when the pack was made smaller
     # than pad.size (augment.size): G trains at `size` and its images are upsampled to this.
     output_size: int = 0
+
+    @property
+    def disc_width(self) -> float:
+        """D's channel multiplier: d_width, or width when d_width is 0."""
+        return self.d_width or self.width
 
     @property
     def delivered_size(self) -> int:
@@ -61,6 +67,8 @@ class ModelSpec:
             problems.append(f"size and nz must be positive (size={self.size}, nz={self.nz})")
         if self.width <= 0:
             problems.append(f"width must be > 0, not {self.width}")
+        if self.d_width < 0:
+            problems.append(f"d_width must be >= 0 (0 = width), not {self.d_width}")
         if self.d_head not in D_HEADS:
             problems.append(f"d_head must be one of {', '.join(D_HEADS)}, not {self.d_head!r}")
         if problems:
@@ -160,6 +168,7 @@ def spec_from_config(config: TrainConfig, size: int, channels: int,
         channels=channels,
         nz=config.nz,
         width=config.width,
+        d_width=config.d_width,
         d_head=config.d_head,
         w_dim=config.w_dim,
         mapping_layers=config.mapping_layers,
