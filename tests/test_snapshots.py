@@ -73,6 +73,15 @@ def test_evaluations_are_logged_and_the_best_snapshot_is_kept(project: Path, eva
     assert meta["best"]["kimg"] == best["kimg"]
 
 
+def test_the_last_step_is_scored_even_just_after_an_evaluation(project: Path) -> None:
+    # 9 steps of 8: evaluations at 0.064 kimg (the interval) and at the last step, 0.072.
+    report = _train(project, "run-last", replace(EVAL, kimg=0.072, batch_size=8))
+    rows = [json.loads(line) for line in (project / "run-last/eval.jsonl").read_text()
+            .splitlines()]
+    assert [row["kimg"] for row in rows] == [0.064, 0.072]
+    assert report.best["kimg"] in (0.064, 0.072)
+
+
 def test_scoring_a_snapshot_leaves_the_trajectory_unchanged(project: Path, evaluated) -> None:
     without = _train(project, "run-plain", replace(EVAL, eval_kimg=0.0))
     a = ckpt.load_checkpoint(ckpt.latest_checkpoint(project / "run/checkpoints"))

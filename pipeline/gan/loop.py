@@ -508,11 +508,12 @@ def tick_upkeep(run: Run, state: TrainState, reader: BatchReader, log: TickLog,
             if log.writer is not None:  # the same grid where people look: TensorBoard's images
                 log.writer.add_image("samples/fixed_noise", make_grid(to_uint8_nhwc(fakes)),
                                      state.images_seen, dataformats="HWC")
-    # The last step is scored too, unless an evaluation ran less than a quarter interval ago
-    # (the same generator, near enough, for the price of another ~40 s on a CPU).
-    recent = state.images_seen - log.last_eval_images < 250 * cfg.eval_kimg
+    # The last step is always scored (unless it just was): early in a run a few kimg move FID
+    # by several points, so the final generator must not lose to an older snapshot unheard
+    # (the default run once stopped 2.9 kimg after an evaluation and submitted that one).
+    scored = state.images_seen == log.last_eval_images
     if run.scorer is not None and (_crossed(kimg_before, state.images_seen, cfg.eval_kimg)
-                                   or (done and not recent)):
+                                   or (done and not scored)):
         _evaluate(run, state, log)  # rank 0; before the checkpoint, which records the best
     if done or _crossed(kimg_before, state.images_seen, cfg.checkpoint_kimg):
         saved = state.save(run.ckpt_dir, cfg, run.spec, reader.state_dict(), run.dist)
