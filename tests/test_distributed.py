@@ -108,37 +108,34 @@ def float64() -> Iterator[None]:
 
 def _step_gradients(dist: Dist, case: str) -> dict[str, torch.Tensor]:
     """One D step and one G step of the training loop's functions on this rank's share of the
-    batch, DDP-wrapped and BatchNorm-synchronised as `train` does; the gradients of D and G."""
+    batch, DDP-wrapped and BatchNorm-synchronised as `train` does; the gradients of D and G
+    (networks and batches in float64)."""
     with float64():
-        return _step_gradients_in_default_dtype(dist, case)
-
-
-def _step_gradients_in_default_dtype(dist: Dist, case: str) -> dict[str, torch.Tensor]:
-    spec, loss_name, r1_weight = CASES[case]
-    torch.manual_seed(0)
-    # The MLP's dropout draws its masks per rank: it is compared in eval mode, as before.
-    training = spec.name != "mlp"
-    G, D = build_generator(spec).train(training), build_discriminator(spec).train(training)
-    if dist.enabled:
-        synchronise_batchnorm(G, torch.device("cpu"))
-        synchronise_batchnorm(D, torch.device("cpu"))
-    family = get_model(spec.name)
-    pair: torch.nn.Module = DiscriminatorPair(D, aux=family.d_aux_loss)
-    G_step: torch.nn.Module = G
-    if dist.enabled:
-        pair = torch.nn.parallel.DistributedDataParallel(pair)
-        G_step = torch.nn.parallel.DistributedDataParallel(G)
-    real, fake, z = (shard(t, dist) for t in _case_batches(spec))
-    loss = get_loss(loss_name)
-    cpu = Precision(torch.device("cpu"), None, False)
-    torch.manual_seed(2)  # FastGAN's quarter crop: the same on every rank and in one process
-    _, real_logits, _ = d_backward(pair, D, loss, real, fake, real_label=0.8, precision=cpu,
-                                   r1_weight=r1_weight)
-    grads = {f"D.{n}": p.grad.clone() for n, p in D.named_parameters() if p.grad is not None}
-    g_backward(D, loss, G_step(z), real_logits, real_label=0.8, precision=cpu)
-    grads |= {f"G.{n}": p.grad.clone() for n, p in G.named_parameters()
-              if p.grad is not None and not n.endswith(PER_RANK_RANDOM)}
-    return grads
+        spec, loss_name, r1_weight = CASES[case]
+        torch.manual_seed(0)
+        # The MLP's dropout draws its masks per rank: it is compared in eval mode, as before.
+        training = spec.name != "mlp"
+        G, D = build_generator(spec).train(training), build_discriminator(spec).train(training)
+        if dist.enabled:
+            synchronise_batchnorm(G, torch.device("cpu"))
+            synchronise_batchnorm(D, torch.device("cpu"))
+        family = get_model(spec.name)
+        pair: torch.nn.Module = DiscriminatorPair(D, aux=family.d_aux_loss)
+        G_step: torch.nn.Module = G
+        if dist.enabled:
+            pair = torch.nn.parallel.DistributedDataParallel(pair)
+            G_step = torch.nn.parallel.DistributedDataParallel(G)
+        real, fake, z = (shard(t, dist) for t in _case_batches(spec))
+        loss = get_loss(loss_name)
+        cpu = Precision(torch.device("cpu"), None, False)
+        torch.manual_seed(2)  # FastGAN's quarter crop: the same on every rank and in one process
+        _, real_logits, _ = d_backward(pair, D, loss, real, fake, real_label=0.8, precision=cpu,
+                                       r1_weight=r1_weight)
+        grads = {f"D.{n}": p.grad.clone() for n, p in D.named_parameters() if p.grad is not None}
+        g_backward(D, loss, G_step(z), real_logits, real_label=0.8, precision=cpu)
+        grads |= {f"G.{n}": p.grad.clone() for n, p in G.named_parameters()
+                  if p.grad is not None and not n.endswith(PER_RANK_RANDOM)}
+        return grads
 
 
 def _d_gradients(dist: Dist) -> dict[str, torch.Tensor]:

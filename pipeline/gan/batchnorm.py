@@ -29,7 +29,7 @@ class AllReduceBatchNorm2d(nn.BatchNorm2d):
         if not (self.training and group_running()):
             return super().forward(x)
         channels = x.shape[1]
-        x32 = x if x.dtype == torch.float64 else x.float()  # fp32 at least
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 at least
         count = x32.new_full((1,), x32.numel() / channels)  # values per channel on this rank
         local = torch.cat([x32.sum(dim=(0, 2, 3)), x32.square().sum(dim=(0, 2, 3)), count])
         total = all_reduce(local)  # SUM over ranks; backward sums the gradients the same way

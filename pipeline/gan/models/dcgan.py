@@ -152,4 +152,5 @@ class DCGANFamily(ModelFamily):
         return Generator(spec.size, spec.channels, spec.nz, spec.width)
 
     def discriminator(self, spec: ModelSpec) -> nn.Module:
-        return Discriminator(spec.size, spec.channels, spec.disc_width, patch=spec.d_head == "patch")
+        return Discriminator(spec.size, spec.channels, spec.disc_width,
+                             patch=spec.d_head == "patch")

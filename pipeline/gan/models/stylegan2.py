@@ -304,7 +304,8 @@ class Generator(nn.Module):
         w = self.mapping(z)  # (N, w_dim)
         if self.training:
             with torch.no_grad():  # w_avg keeps its dtype (float32) even under autocast
-                self.w_avg.copy_(w.detach().to(self.w_avg.dtype).mean(0).lerp(self.w_avg, W_AVG_BETA))
+                mean = w.detach().to(self.w_avg.dtype).mean(0)
+                self.w_avg.copy_(mean.lerp(self.w_avg, W_AVG_BETA))
         if truncation != 1:
             w = self.w_avg.to(w.dtype).lerp(w, truncation)  # w_avg + psi * (w - w_avg)
         ws = w[:, None].expand(-1, self.num_ws, -1)  # (N, num_ws, w_dim)
