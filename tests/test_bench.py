@@ -54,3 +54,8 @@ def test_benchmark_runs_at_toy_size(script, args, tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert "x" in result.stdout  # every benchmark prints a ratio such as "2.03x"
+    if script == "bench_families.py":  # every side also says how near the machine's roof it ran
+        sides = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert len(sides) == 4  # two families, fp32 and bf16
+        assert all(side["step_gflop"] > 0 and 0 < side["peak_fraction"] for side in sides)
+        assert len({side["step_gflop"] for side in sides}) == 2  # same FLOPs in both precisions
