@@ -201,3 +201,28 @@ def test_lazy_reconstruction_skips_or_scales_the_decoders_gradient() -> None:
     assert all(g is None for g in decoder_grads[0.0])
     for once, twice in zip(decoder_grads[1.0], decoder_grads[2.0]):
         torch.testing.assert_close(twice, 2 * once)
+
+
+def test_the_pair_normalises_d_once_for_both_passes() -> None:
+    """DiscriminatorPair computes the spectrally normalised weights once for reals and fakes:
+    one power iteration a D step (as one D call makes), the same weights in both passes, and
+    gradients that still reach every raw weight through both."""
+    from pipeline.gan.steps import DiscriminatorPair
+
+    torch.manual_seed(0)
+    discriminator = Discriminator(64, 3, WIDTH, recon_size=16)
+    single = Discriminator(64, 3, WIDTH, recon_size=16)
+    single.load_state_dict(discriminator.state_dict())
+    real, fake = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    real_logits, fake_logits, recon = DiscriminatorPair(discriminator, aux=True)(real, fake)
+    torch.manual_seed(1)  # the reconstruction's random quarter
+    single_real, single_recon = single(real, aux=True)
+    u = {k: v for k, v in discriminator.state_dict().items() if k.endswith("_u")}
+    assert u, "D has spectral norm"
+    single_u = single.state_dict()
+    for key, value in u.items():  # one power iteration, as in one single D call
+        assert torch.equal(value, single_u[key]), key
+    torch.testing.assert_close(real_logits, single_real)
+    (real_logits.sum() - fake_logits.sum() + recon).backward()
+    raw = [p for name, p in discriminator.named_parameters() if "original" in name]
+    assert raw and all(p.grad is not None and p.grad.abs().sum() > 0 for p in raw)

@@ -491,3 +491,29 @@ def test_budget_minutes_keeps_time_for_generating(pack_dir: Path, tmp_path: Path
     assert report.out_of_time and report.steps == 1
     assert report.stopped_by.startswith("train.budget_minutes=1, ")
     assert "kept for generating 10,000,000 images" in report.stopped_by
+
+
+def test_adam_is_fused_on_cpu_and_follows_the_per_tensor_rule() -> None:
+    """The training optimizer is torch's fused Adam on CPU (one kernel for all tensors), and
+    ten steps of it leave the weights where ten steps of the default per-tensor loop do."""
+    from pipeline.gan.state import adam
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                              torch.nn.Conv2d(8, 1, 3))
+    twin = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8),
+                               torch.nn.Conv2d(8, 1, 3))
+    twin.load_state_dict(net.state_dict())
+    start = net[0].weight.detach().clone()
+    fused = adam(net, 2e-4, (0.5, 0.999), torch.device("cpu"))
+    loop = torch.optim.Adam(twin.parameters(), lr=2e-4, betas=(0.5, 0.999), foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(4, 3, 12, 12)
+    for _ in range(10):
+        for model, optimizer in ((net, fused), (twin, loop)):
+            model(x).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    for a, b in zip(net.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    assert (net[0].weight - start).abs().max() > 1e-4  # ten steps of 2e-4 moved the weights

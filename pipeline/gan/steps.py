@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from pipeline.core.config import TrainConfig
 from pipeline.gan.diffaug import diff_augment
@@ -20,7 +21,9 @@ class DiscriminatorPair(nn.Module):
 
     One call per D step lets DistributedDataParallel see one forward per backward. With `aux`
     (a family whose D regularises itself, such as FastGAN's reconstruction decoders), the real
-    pass also returns D's auxiliary loss; otherwise that loss is a zero.
+    pass also returns D's auxiliary loss; otherwise that loss is a zero. Parametrised weights
+    (spectral norm) are computed once for both passes, not once a pass: one power iteration
+    and one normalisation a D step, and the two passes see the same weights.
     """
 
     def __init__(self, discriminator: nn.Module, aux: bool = False) -> None:
@@ -30,11 +33,12 @@ class DiscriminatorPair(nn.Module):
 
     def forward(self, real: torch.Tensor, fake: torch.Tensor, with_aux: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.aux and with_aux:
-            real_logits, aux_loss = self.d(real, aux=True)
-        else:
-            real_logits, aux_loss = self.d(real), real.new_zeros(())
-        return real_logits, self.d(fake), aux_loss  # (N,), (N,) logits; scalar
+        with parametrize.cached():
+            if self.aux and with_aux:
+                real_logits, aux_loss = self.d(real, aux=True)
+            else:
+                real_logits, aux_loss = self.d(real), real.new_zeros(())
+            return real_logits, self.d(fake), aux_loss  # (N,), (N,) logits; scalar
 
 
 @contextlib.contextmanager
