@@ -2,6 +2,8 @@
 
     make augment SET="augment.rotations=[-5,5]"
     make all SET="augment.size=64"        # train at 64 px; generate upsamples to pad.size
+    make all SET="augment.size=32"        # 28-px data on a 32-px band (fastgan's smallest);
+                                          # generate crops the centre 28 back
 
 Writes data/pack/images.npy (N, size, size, C) uint8 and pack.json, which records the
 transforms used so an FID change can be traced to them.

@@ -77,6 +77,27 @@ def test_a_smaller_training_side_averages_pixel_areas(tmp_path: Path) -> None:
     assert np.array_equal(images[1], images[0][:, ::-1])  # the flip of the downscaled image
 
 
+def test_a_larger_training_side_centres_the_image_on_the_background(tmp_path: Path) -> None:
+    """augment.size above pad.size (28-px data for a family that starts at 32): the image,
+    unresampled, in the middle of a band of pad.background; grey packs get its grey level."""
+    (tmp_path / "clean").mkdir()
+    pixels = np.random.default_rng(1).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "clean/0.png")
+    for grey in (False, True):
+        out = tmp_path / f"pack-{grey}"
+        info = build_pack([tmp_path / "clean/0.png"], out, 28, hflip=False, rotations=(),
+                          grey=grey, background=BLUE, quiet=True, train_size=32)
+        images, _ = open_pack(out)
+        assert (info.size, info.output_size) == (32, 28) and images.shape[1:3] == (32, 32)
+        with Image.open(tmp_path / "clean/0.png") as im:
+            source = np.asarray(im.convert("L" if grey else "RGB"))
+        inner = images[0, 2:30, 2:30]
+        assert np.array_equal(inner[..., 0] if grey else inner, source)
+        band = np.ones((32, 32), bool)
+        band[2:30, 2:30] = False
+        assert (images[0][band] == np.array(fill_value(BLUE, grey))).all()
+
+
 def test_the_full_side_records_no_output_size(tmp_path: Path) -> None:
     files = _clean_folder(tmp_path / "clean", 1, 8)
     info = build_pack(files, tmp_path / "pack", 8, hflip=False, rotations=(), grey=False,

@@ -253,6 +253,27 @@ def test_training_below_the_delivery_size(project):
     assert bad.returncode != 0 and "augment.size" in bad.stderr and "pad.size" in bad.stderr
 
 
+
+def test_training_on_a_band_above_the_delivery_size(project):
+    """pad.size 28 with augment.size 32 (Fashion-MNIST's side; fastgan starts at 32): the pack
+    and G are 32 px with the 28-px image centred on the band, and the zip holds 28-px PNGs,
+    G's centre crop; a band of twice pad.size or more is refused."""
+    settings = ("--set", "train.seed=1", "--set", "pad.size=28", "--set", "augment.size=32",
+                "--set", "augment.grey=true", "--set", "train.model=fastgan",
+                "--set", "train.loss=hinge", "--set", "package.mode=L")
+    lines = summary(cli(project, "run", "package", *settings))
+    assert "at 32 px" in lines["augment"]
+    assert json.loads((project / "data/pack/pack.json").read_text())["size"] == 32
+    spec = json.loads((project / "data/train/generator/generator.json").read_text())
+    assert (spec["name"], spec["size"], spec["output_size"]) == ("fastgan", 32, 28)
+    with zipfile.ZipFile(project / "submissions/images.zip") as archive:
+        first = sorted(archive.namelist())[0]
+        with archive.open(first) as handle, Image.open(handle) as image:
+            assert (image.size, image.mode) == ((28, 28), "L")
+    bad = cli(project, "run", "augment", "--set", "pad.size=28", "--set", "augment.size=64",
+              check=False)
+    assert bad.returncode != 0 and "augment.size" in bad.stderr and "twice" in bad.stderr
+
 def _mount_tmpfs(folder: Path, size: str) -> str:
     """'' once a tmpfs of `size` is mounted at `folder`, else why it cannot be (a skip reason)."""
     folder.mkdir()

@@ -156,8 +156,25 @@ def test_a_generator_trained_below_the_delivery_size_is_loaded_upsampled(tmp_pat
     assert big.min() >= -1 and big.max() <= 1
     # The upsampled image keeps the small one: downscaling it by 2x2 means comes back close.
     assert (torch.nn.functional.avg_pool2d(big, 2) - small).abs().mean() < 0.02
-    with pytest.raises(UserError, match="output_size 16 is below size 32"):
-        _spec("dcgan", 32, output_size=16)
+    for bad in (16, 27):  # half the side; an odd margin has no centre
+        with pytest.raises(UserError, match=f"output_size {bad} must be 0, above size 32"):
+            _spec("dcgan", 32, output_size=bad)
+
+
+def test_a_generator_trained_on_a_band_is_loaded_cropped(tmp_path: Path) -> None:
+    """spec.output_size 28 on a 32 px generator (28-px data padded to fastgan's smallest side):
+    loading gives the centre 28 x 28 of the 32 px images, pixel for pixel."""
+    torch.manual_seed(3)
+    spec = _spec("fastgan", 32, output_size=28)
+    generator = build_generator(spec).eval()
+    save_generator(generator, spec, tmp_path)
+    loaded, loaded_spec = load_generator(tmp_path, "cpu")
+    assert (loaded_spec.size, loaded_spec.delivered_size) == (32, 28)
+    z = torch.randn(3, spec.nz)
+    with torch.no_grad():
+        full, cropped = generator(z), loaded(z)
+    assert full.shape == (3, 3, 32, 32) and cropped.shape == (3, 3, 28, 28)
+    assert torch.equal(cropped, full[:, :, 2:30, 2:30])
 
 
 def test_load_errors_are_user_errors(tmp_path: Path) -> None:

@@ -198,7 +198,10 @@ class AugmentConfig:
     grey: bool = knob(False, "store one grey channel instead of RGB (MNIST teaching mode)")
     size: int = knob(
         0, "side of the training images (0 = pad.size); half the side is about a quarter of "
-        "the training compute, and generate upsamples G's images back to pad.size",
+        "the training compute, and generate upsamples G's images back to pad.size; above "
+        "pad.size, each image is centred on a band of pad.background (for a family whose "
+        "smallest side is above the data's: fastgan at 32 for 28-px Fashion-MNIST) and "
+        "generate crops the centre back",
         check=one_of(0, *SIDES))
 
 
@@ -455,8 +458,9 @@ CROSS_RULES: tuple[CrossRule, ...] = (
               "0 or pad.size (the zip holds the images pad made; checked before training)",
               lambda size, pad_size: size in (0, pad_size)),
     CrossRule(("augment.size", "pad.size"),
-              "0 or at most pad.size (train below the delivery size, never above it)",
-              lambda size, pad_size: size <= pad_size),
+              "0, at most pad.size (downscaled), or above it but below twice pad.size (a "
+              "centred band, cropped back by generate: 32 for 28-px data and fastgan)",
+              lambda size, pad_size: size < 2 * pad_size),
     CrossRule(("score.kid_subset_size", "score.n"),
               "0 (auto) or at most score.n when score.n > 0 (KID subsets come from the scored "
               "images)",

@@ -63,18 +63,25 @@ def apply_transform(image: np.ndarray, name: str,
     raise ValueError(f"unknown transform {name!r}")
 
 
-def read_clean_image(path: Path, size: int, grey: bool, train_size: int = 0) -> np.ndarray:
+def read_clean_image(path: Path, size: int, grey: bool, train_size: int = 0,
+                     fill: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
     """A clean PNG (size x size) as (train_size, train_size, 1 or 3) uint8 (0 = size).
 
     Downscaling averages whole pixel areas (PIL's box filter): the training image is what a
     camera of the lower resolution would record, with no aliasing and no sharpening ring.
+    A larger train_size centres the image, unresampled, on a band of `fill` (pixel values as
+    fill_value gives them), which generate crops off again.
     """
     with Image.open(path) as im:
         im = im.convert("L" if grey else "RGB")
         if im.size != (size, size):
             raise ValueError(f"{path.name} is {im.size[0]}x{im.size[1]}, expected {size}x{size}")
-        if train_size and train_size != size:
+        if train_size and train_size < size:
             im = im.resize((train_size, train_size), Image.Resampling.BOX)
+        elif train_size > size:
+            canvas = Image.new(im.mode, (train_size, train_size), fill if not grey else fill[0])
+            canvas.paste(im, ((train_size - size) // 2,) * 2)
+            im = canvas
         array = np.asarray(im, dtype=np.uint8)
     return array[:, :, None] if grey else array
 
@@ -83,7 +90,8 @@ def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
                rotations: tuple[float, ...], grey: bool, background: tuple[int, int, int],
                quiet: bool = False, train_size: int = 0) -> PackInfo:
     """Write every image (size x size) and its transformed copies into a memory-mapped uint8
-    pack, downscaled to train_size when that is set and smaller.
+    pack, downscaled to train_size when that is set and smaller, centred on a band of
+    `background` when it is larger.
 
     Rotated copies fill their corners with `background` (pad.background, RGB 0..255).
     Streams: one source image in memory at a time, the pack itself lives on disk.
@@ -95,7 +103,7 @@ def build_pack(files: list[Path], out_dir: Path, size: int, hflip: bool,
     images = pack.create(out_dir, len(files) * len(names), side, channels)
     # Layout: all identities first, then all flips, ... so a prefix is a plain dataset.
     for index, path in enumerate(tqdm(files, desc="augment", unit="img", disable=quiet)):
-        source = read_clean_image(path, size, grey, side)
+        source = read_clean_image(path, size, grey, side, fill)
         for copy, name in enumerate(names):
             images[copy * len(files) + index] = apply_transform(source, name, fill)
         kill_point("augment:first-image")

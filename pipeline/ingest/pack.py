@@ -25,7 +25,7 @@ class PackInfo:
     channels: int  # 3 for RGB, 1 for grey
     sources: int  # distinct source images before augmentation
     transforms: tuple[str, ...]  # e.g. ("identity", "hflip", "rotate+5")
-    output_size: int = 0  # side of the clean images (pad.size) when `size` is smaller, else 0
+    output_size: int = 0  # side of the clean images (pad.size) when `size` differs, else 0
 
 
 def create(folder: Path, count: int, size: int, channels: int) -> np.memmap:

@@ -107,10 +107,32 @@ class Upsampled(nn.Module):
                              align_corners=False).clamp(-1.0, 1.0)  # (N, C, size, size)
 
 
+class Cropped(nn.Module):
+    """A generator trained on images padded up to its side, then the centre crop of the
+    delivery size: the exact inverse of augment's border, no resampling.
+
+    For a family whose smallest side is above the data's (FastGAN from 32 px, Fashion-MNIST
+    at 28): the training images sit on a band of pad.background, which G learns to draw and
+    this crop removes.
+    """
+
+    def __init__(self, generator: nn.Module, size: int) -> None:
+        super().__init__()
+        self.generator, self.size = generator, size
+
+    def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
+        images = self.generator(z, truncation=truncation)  # (N, C, s, s)
+        top = (images.shape[-1] - self.size) // 2
+        return images[..., top:top + self.size, top:top + self.size]  # (N, C, size, size)
+
+
 def delivered(generator: nn.Module, spec: ModelSpec) -> nn.Module:
-    """`generator` as it delivers images: upsampled to spec.output_size when that is larger."""
+    """`generator` as it delivers images of spec.output_size: upsampled when that is larger,
+    centre-cropped when it is smaller (see augment's `read_clean_image`)."""
     if spec.delivered_size > spec.size:
         return Upsampled(generator, spec.delivered_size)
+    if spec.delivered_size < spec.size:
+        return Cropped(generator, spec.delivered_size)
     return generator
 
 

@@ -42,8 +42,9 @@ class ModelSpec:
     style_mixing: float = 0.9  # probability (per training batch) of mixing two latents
     # FastGAN only: side of D's reconstructions (0 = min(size, 128), the paper's).
     recon_size: int = 0
-    # Side of the delivered images (0 = size). Larger than size when the pack was made smaller
-    # than pad.size (augment.size): G trains at `size` and its images are upsampled to this.
+    # Side of the delivered images (0 = size), pad.size when augment.size differs from it: G
+    # trains at `size`, and its images are upsampled (a smaller pack) or centre-cropped (a
+    # pack padded up to a family's smallest side) to this.
     output_size: int = 0
 
     @property
@@ -61,8 +62,12 @@ class ModelSpec:
         problems = []
         if self.channels not in (1, 3):
             problems.append(f"channels must be 1 or 3, not {self.channels}")
-        if self.output_size and self.output_size < self.size:
-            problems.append(f"output_size {self.output_size} is below size {self.size}")
+        crop = 0 < self.output_size < self.size
+        if self.output_size < 0 or crop and (2 * self.output_size <= self.size
+                                             or (self.size - self.output_size) % 2):
+            problems.append(f"output_size {self.output_size} must be 0, above size {self.size}, "
+                            "or a centred crop of it (above half of it, smaller by an even "
+                            "number of pixels)")
         if self.size < 1 or self.nz < 1:
             problems.append(f"size and nz must be positive (size={self.size}, nz={self.nz})")
         if self.width <= 0:
