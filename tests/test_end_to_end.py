@@ -253,7 +253,6 @@ def test_training_below_the_delivery_size(project):
     assert bad.returncode != 0 and "augment.size" in bad.stderr and "pad.size" in bad.stderr
 
 
-
 def test_training_on_a_band_above_the_delivery_size(project):
     """pad.size 28 with augment.size 32 (Fashion-MNIST's side; fastgan starts at 32): the pack
     and G are 32 px with the 28-px image centred on the band, and the zip holds 28-px PNGs,
@@ -273,6 +272,7 @@ def test_training_on_a_band_above_the_delivery_size(project):
     bad = cli(project, "run", "augment", "--set", "pad.size=28", "--set", "augment.size=64",
               check=False)
     assert bad.returncode != 0 and "augment.size" in bad.stderr and "twice" in bad.stderr
+
 
 def _mount_tmpfs(folder: Path, size: str) -> str:
     """'' once a tmpfs of `size` is mounted at `folder`, else why it cannot be (a skip reason)."""
