@@ -118,10 +118,10 @@ params: $(STAMP) ## every parameter with its default and meaning
 # Two pytest-xdist workers (tests/conftest.py says why); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP) ## the whole test suite (about 8 minutes on 2 CPU cores)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 test-fast: $(STAMP) ## the tests not marked slow
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" $(ARGS)
 
 bench: $(STAMP) ## every benchmark against its baseline at a small size: one table of ratios
 	$(PY) bench/run_all.py

@@ -20,8 +20,10 @@ for name in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS"):
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
-# The longest files (minutes each) start first, so the two workers finish close together.
-LONG_FILES = ("test_end_to_end.py", "test_bench.py")
+# The longest files (minutes each) start first, so the two workers finish close together. The
+# Makefile passes --no-loadscope-reorder: xdist would otherwise hand out files by their number of
+# tests, and a one-test file of two minutes would start last.
+LONG_FILES = ("test_end_to_end.py", "test_bench.py", "test_torchrun_make.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -20,73 +20,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from tiny_project import CLI_ENV, REPO, TINY, checkpoints, cli, summary
 
 from pipeline.core.faults import KILL_ENV, POINTS
 
-REPO = Path(__file__).resolve().parents[1]
-
-TINY = """\
-fetch:
-  source: builtin:fluent-emoji-3d
-  limit: 48
-crop:
-  method: alpha
-pad:
-  size: 32
-augment:
-  hflip: true
-train:
-  model: dcgan
-  loss: ralsgan
-  width: 0.125
-  kimg: 0.4
-  batch_size: 16
-  tick_kimg: 0.1
-  checkpoint_kimg: 0.1
-  snapshot_kimg: 0.2
-  threads: 1
-  amp: "off"  # auto may pick bf16 on a CPU that has it: runs compared byte for byte stay fp32
-generate:
-  count: 40
-  batch_size: 16
-  workers: 1
-package:
-  name: images.zip
-score:
-  n: 40
-  batch_size: 20
-  workers: 1
-"""
-
 pytestmark = pytest.mark.slow
-
-# Torch threads of every CLI run here: both cores when the suite runs in one process (scoring
-# and generation are most of the time these tests wait for), one beside another xdist worker
-# (tests/conftest.py sets it). Runs compared byte for byte all use the same count.
-CLI_ENV = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-
-
-def cli(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline ARGS --root ROOT --params ROOT/params.yaml` and return it."""
-    command = [sys.executable, "-m", "pipeline", *args]
-    if args[0] in ("run", "status"):
-        command += ["--root", str(root), "--params", str(root / "params.yaml"), "--quiet"
-                    ] if args[0] == "run" else ["--root", str(root)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, **CLI_ENV})
-    if check and result.returncode != 0:
-        raise AssertionError(f"{command} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def summary(result: subprocess.CompletedProcess) -> dict[str, str]:
-    """stage name -> its summary line (the runner prints one line per stage)."""
-    lines = {}
-    for line in result.stdout.splitlines():
-        name, _, rest = line.partition(": ")
-        if name in ("fetch", "crop", "pad", "augment", "train", "generate", "package", "score"):
-            lines.setdefault(name, rest)  # the stage's own line (package also says "published")
-    return lines
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +283,6 @@ def _partial_files(root: Path, stage_folder: str, pattern: str = "*") -> int:
     return sum(1 for p in partials for f in p.rglob(pattern) if f.is_file())
 
 
-def _checkpoints(root: Path) -> set[Path]:
-    return set((root / "data/runs").glob("*/checkpoints/*.pt"))
-
-
 def _killed_at(root: Path, point: str) -> None:
     """`run package` with PIPELINE_KILL_AT=point: the process SIGKILLs itself right there
     (pipeline/core/faults.py), a moment too short to hit by timing from outside."""
@@ -380,8 +314,8 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
     stopped = summary(cli(root, "run", "package", "--set", "train.minutes=0.0001"))
     assert "stopped by train.minutes" in stopped["train"]
     # ... and the next run continues it; killed once it has written a checkpoint of its own.
-    before = _checkpoints(root)
-    if _run_and_kill_when(root, lambda: bool(_checkpoints(root) - before)):
+    before = checkpoints(root)
+    if _run_and_kill_when(root, lambda: bool(checkpoints(root) - before)):
         killed.append("train")
         manifest = json.loads((root / "data/train/manifest.json").read_text())
         assert manifest["counts"]["kimg"] < 0.4  # still the short run's: the kill published nothing
@@ -405,76 +339,6 @@ def test_kill_sweep_then_the_same_zip_as_a_straight_run(project, tmp_path):
     leftovers = [p.name for p in (root / "data").iterdir()
                  if ".partial-" in p.name or p.name.endswith(".old")]
     assert leftovers == []
-
-
-def _pids_mentioning(text: str) -> list[int]:
-    """Live processes whose command line contains `text`."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().decode(
-                    errors="replace"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
-
-
-def test_make_train_gpus_2_through_torchrun_killed_and_resumed(tmp_path):
-    """`make train GPUS=2`: torchrun starts two Gloo ranks on the CPU; stopped after its first
-    checkpoint, the same command resumes and finishes; rank 0 alone exports and logs."""
-    (tmp_path / "params.yaml").write_text(TINY.replace("kimg: 0.4", "kimg: 0.8"))
-    command = ["make", "train", "GPUS=2", f"PARAMS={tmp_path / 'params.yaml'}",
-               f"ARGS=--root {tmp_path} --quiet"]
-    subprocess.run(["make", "augment", f"PARAMS={tmp_path / 'params.yaml'}",
-                    f"ARGS=--root {tmp_path} --quiet"], cwd=REPO, check=True,
-                   capture_output=True, timeout=600)
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while not _checkpoints(tmp_path) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert process.poll() is None, "training ended before its first checkpoint"
-    # SIGTERM, as `kill` or a job scheduler sends it: torchrun passes it on to its workers,
-    # which run in sessions of their own (a SIGKILL of make's group would orphan them).
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=120)
-    deadline = time.time() + 60  # the workers' exit, after the agent's
-    while _pids_mentioning(str(tmp_path)) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not _pids_mentioning(str(tmp_path)), "a torchrun worker outlived the stop"
-    assert not (tmp_path / "data/train/manifest.json").exists()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    train_line = summary(done)["train"]
-    assert "resumed at" in train_line and train_line.startswith("0.8 kimg"), train_line
-    assert (tmp_path / "data/train/generator/generator.pt").is_file()
-    run = next((tmp_path / "data/runs").iterdir())
-    options = json.loads((run / "training_options.json").read_text())
-    assert options["world_size"] == 2 and options["per_rank_batch"] == 8
-    kimgs = [json.loads(line)["kimg"] for line in (run / "stats.jsonl").read_text().splitlines()]
-    assert kimgs == sorted(set(kimgs)) and kimgs[-1] == 0.8  # one writer, no duplicate ticks
-    assert not list((tmp_path / "data").glob(".train.rank*"))  # rank 1's scratch is gone
-
-    # Generation and scoring split by rank give exactly one process's PNGs and score.
-    cli(tmp_path, "run", "score")
-    one = {p.name: p.read_bytes() for p in (tmp_path / "data/generated").glob("*.png")}
-    one_score = json.loads((tmp_path / "data/score/score.json").read_text())
-    for folder in ("generated", "score"):
-        shutil.rmtree(tmp_path / "data" / folder)
-    done = subprocess.run(["make", "fid", "GPUS=2", f"PARAMS={tmp_path / 'params.yaml'}",
-                           f"ARGS=--root {tmp_path} --quiet"], cwd=REPO, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "train: cached" in done.stdout  # nothing retrained
-    two = {p.name: p.read_bytes() for p in (tmp_path / "data/generated").glob("*.png")}
-    assert len(one) == 40 and two == one
-    two_score = json.loads((tmp_path / "data/score/score.json").read_text())
-    for key in ("fid", "kid_mean", "precision", "recall"):
-        assert two_score[key] == pytest.approx(one_score[key], rel=1e-6, abs=1e-9), key
-    assert two_score["n_generated"] == one_score["n_generated"] == 40
-    history = (tmp_path / "data/score/history.csv").read_text().splitlines()
-    assert len(history) == 2  # a header and one row: rank 1 wrote nothing
 
 
 def test_make_targets_and_help(project):
