@@ -36,7 +36,6 @@ import typer
 
 from pipeline.core import layout
 from pipeline.core.config import SECTIONS, Params, load_params, section_doc
-from pipeline.core.distributed import command_group
 from pipeline.core.errors import UserError
 from pipeline.core.files import atomic_write_text
 from pipeline.core.lock import project_lock
@@ -59,12 +58,15 @@ SetOption = Annotated[list[str] | None, typer.Option(
 
 
 def _graph(root: Path, params_file: Path | None, overrides: list[str]) -> Graph:
-    """Load params, then build the stage graph (stages are imported here, and only here)."""
-    from stages import STAGES
+    """Load params, then build the stage graph (stages are imported here, and only here).
 
+    Params first: a wrong key or value is reported before the stages import torch (seconds).
+    """
     project = Project(root.resolve())
     params = load_params(params_file or project.params_file, overrides,
                          must_exist=params_file is not None)
+    from stages import STAGES
+
     package_dir = Path(__file__).resolve().parent
     return Graph(STAGES, project, params, package_dir)
 
@@ -101,6 +103,8 @@ def run(
     """Run the named stages and whatever upstream of them is not cached."""
     graph = _graph(root, params, _split_overrides(set_ or []))
     names = [s.value for s in stages]
+    from pipeline.core.distributed import command_group  # torch: only once params are valid
+
     with project_lock(graph.project.data), log_to_file(graph.project.data / "logs", names), \
             command_group(_group_device(graph.params)):
         graph.run(names, force=names if force else (), quiet=quiet)

@@ -1,6 +1,8 @@
 """params.yaml loading: defaults, overrides, and errors naming key, value and what is allowed."""
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 from typing import get_args
 
@@ -235,3 +237,29 @@ def test_a_params_file_the_user_named_must_exist(tmp_path):
     with pytest.raises(ConfigError, match="no such params file"):
         load_params(tmp_path / "typo.yaml", must_exist=True)
     assert load_params(tmp_path / "params.yaml") == Params()  # the project's own: defaults
+
+
+# The CLI as `python -m pipeline` runs it, then a report of whether torch was ever imported.
+CLI_THEN_TORCH_IMPORTED = """
+import runpy, sys
+sys.argv = ["pipeline", *sys.argv[1:]]
+try:
+    runpy.run_module("pipeline", run_name="__main__")
+except SystemExit as stop:
+    print("exit", stop.code, "torch imported:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("setting, shown", [
+    ("train.kimgg=3", "unknown key 'train.kimgg'"),
+    ("train.loss=wasserstein", "'train.loss' is 'wasserstein'"),
+])
+def test_a_wrong_parameter_is_reported_before_torch_loads(tmp_path, setting, shown):
+    """Params are checked before the stages import torch: a typo costs a moment, not seconds."""
+    done = subprocess.run([sys.executable, "-c", CLI_THEN_TORCH_IMPORTED, "run", "train",
+                           "--root", str(tmp_path), "--set", setting],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=120)
+    assert shown in done.stderr, done.stderr
+    assert "exit 2 torch imported: False" in done.stdout, done.stdout + done.stderr
+
