@@ -262,4 +262,3 @@ def test_a_wrong_parameter_is_reported_before_torch_loads(tmp_path, setting, sho
                           text=True, timeout=120)
     assert shown in done.stderr, done.stderr
     assert "exit 2 torch imported: False" in done.stdout, done.stdout + done.stderr
-

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.gan.checkpoint import list_checkpoints
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = """\
@@ -76,7 +78,7 @@ def summary(result: subprocess.CompletedProcess) -> dict[str, str]:
 
 
 def checkpoints(root: Path) -> set[Path]:
-    """Complete checkpoints: a `.pt` counts only once its JSON sidecar is written (checkpoint.py),
-    so a stop between the two renames leaves nothing to resume from."""
-    return {sidecar.with_suffix(".pt")
-            for sidecar in (root / "data/runs").glob("*/checkpoints/ckpt-*.json")}
+    """Complete checkpoints of every run, as training lists them when it resumes: a `.pt` counts
+    only once its JSON sidecar is written, so a stop between the two leaves nothing to resume."""
+    return {pt for folder in (root / "data/runs").glob("*/checkpoints")
+            for pt in list_checkpoints(folder)}
