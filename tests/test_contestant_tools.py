@@ -191,7 +191,7 @@ def test_the_converted_weights_carry_no_classifier(tmp_path: Path) -> None:
 def test_onnx_export_draws_the_torchscript_pixels(tmp_path: Path, name: str,
                                                   output_size: int) -> None:
     """The ONNX file, run by onnx's own reference evaluator at a batch size other than the
-    traced one, gives the TorchScript module's pixels exactly (FastGAN: with the bicubic
+    traced one, gives the TorchScript module's pixels exactly (FastGAN: with the Lanczos
     upsampling to the delivery size)."""
     onnx = pytest.importorskip("onnx")
     from onnx.reference import ReferenceEvaluator

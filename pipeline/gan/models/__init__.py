@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pipeline.core.errors import UserError
@@ -41,6 +40,7 @@ from pipeline.gan.models.registry import (  # noqa: F401  (the package's public 
     register_model,
     spec_from_config,
 )
+from pipeline.gan.resample import lanczos_matrix, resample
 
 WEIGHTS_FILE = "generator.pt"  # state_dict of the generator (tensors only)
 SPEC_FILE = "generator.json"  # asdict(ModelSpec): what rebuilds the architecture
@@ -90,21 +90,27 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 
 class Upsampled(nn.Module):
-    """A generator trained below the delivery size, then a bicubic upsample to that size.
+    """A generator trained below the delivery size, then a Lanczos-3 upsample to that size.
 
     Training at half the side costs about a quarter of the compute; on smooth subjects the
-    upsampled images lose little (measured in bench/RESULTS.md, "Training below the delivery
-    size"). Bicubic can overshoot, so the result is clamped back to [-1, 1].
+    upsampled images lose little (bench/RESULTS.md, "Training below the delivery size"), and
+    Lanczos loses less than bicubic (FID 6 to 9 better on the same samples, the section after
+    it). Lanczos rings a little at hard edges, so the result is clamped back to [-1, 1].
     """
 
-    def __init__(self, generator: nn.Module, size: int) -> None:
+    def __init__(self, generator: nn.Module, source: int, size: int) -> None:
         super().__init__()
         self.generator, self.size = generator, size
+        # One (size, source) matrix serves rows and columns, made on G's device (training scores
+        # a CUDA G wrapped in this); a buffer follows .to(device) and is a constant to tracing
+        # and export, and not persistent: generator.pt stays G's own.
+        device = next(generator.parameters()).device
+        self.register_buffer("weights", lanczos_matrix(source, size).to(device),
+                             persistent=False)
 
     def forward(self, z: torch.Tensor, truncation: float = 1.0) -> torch.Tensor:
-        images = self.generator(z, truncation=truncation)  # (N, C, s, s)
-        return F.interpolate(images, size=(self.size, self.size), mode="bicubic",
-                             align_corners=False).clamp(-1.0, 1.0)  # (N, C, size, size)
+        images = self.generator(z, truncation=truncation)  # (N, C, source, source)
+        return resample(images, self.weights, self.weights).clamp(-1.0, 1.0)  # (N, C, size, size)
 
 
 class Cropped(nn.Module):
@@ -130,7 +136,7 @@ def delivered(generator: nn.Module, spec: ModelSpec) -> nn.Module:
     """`generator` as it delivers images of spec.output_size: upsampled when that is larger,
     centre-cropped when it is smaller (see augment's `read_clean_image`)."""
     if spec.delivered_size > spec.size:
-        return Upsampled(generator, spec.delivered_size)
+        return Upsampled(generator, spec.size, spec.delivered_size)
     if spec.delivered_size < spec.size:
         return Cropped(generator, spec.delivered_size)
     return generator
