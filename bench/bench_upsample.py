@@ -1,14 +1,21 @@
-"""Benchmark: what training below the delivery size costs at best (augment.size < pad.size).
+"""Benchmark: what training below the delivery size costs, and which upsampler costs least.
 
-The real images themselves go through the shortcut: each clean image is area-downscaled to
---low pixels (as the augment stage stores it) and upsampled back bicubically (as generate does),
-then scored against the untouched clean images with the pipeline's FID: the floor a perfect
---low px generator would reach. Beside it, the same n clean images scored unchanged, so the
-small-sample bias of FID at this n is measured in the same run, with the same Inception and
-the same reference statistics.
+Two measurements, every side scored with the pipeline's FID against the same data/clean
+statistics (same Inception, same reference, same n):
+
+1. The floor. The real images go through the shortcut: each clean image is area-downscaled to
+   --low pixels (as the augment stage stores it) and enlarged back with each upsampler: the
+   FID a perfect --low px generator would reach. Beside them, the same n clean images
+   unchanged, so FID's small-sample bias at this n is measured in the same run.
+2. Trained generators (--generator, any number): the very same --low px samples (seeds 0..n-1,
+   as generate draws them) enlarged with each upsampler, so the upsampler is the only
+   difference between the sides.
+
+Upsamplers: bicubic (torch's F.interpolate, a = -0.75, clamped: generate's former choice) and
+lanczos (Lanczos-3, pipeline/gan/resample.py: generate's choice now).
 
 Usage (from the repository root, after `make all`, which caches data/clean's statistics):
-    .venv/bin/python bench/bench_upsample.py --low 64 --n 2048
+    .venv/bin/python bench/bench_upsample.py --low 64 --n 2048 --generator data/train/best
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +34,54 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from pipeline.core.config import ScoreConfig  # noqa: E402
-from pipeline.scoring.fid import score_folders  # noqa: E402
+from pipeline.deliver.generate import seed_latents, to_uint8  # noqa: E402
+from pipeline.gan.models import Upsampled, load_generator  # noqa: E402
+from pipeline.gan.resample import resize_lanczos  # noqa: E402
+from pipeline.scoring.fid import ScoreResult, score_folders  # noqa: E402
 
 
-def round_trip(path: Path, low: int) -> Image.Image:
-    """Area-downscale to `low` (PIL box, as augment), bicubic back up (torch, as generate)."""
-    with Image.open(path) as im:
-        image = im.convert("RGB")
-        side = image.size[0]
-        small = image.resize((low, low), Image.Resampling.BOX)
-    x = torch.from_numpy(np.array(small)).permute(2, 0, 1)[None].float()  # (1, 3, low, low)
-    x = x / 127.5 - 1
-    up = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
-    pixels = up[0].permute(1, 2, 0).mul(127.5).add(127.5).round().byte().numpy()
-    return Image.fromarray(pixels)
+def bicubic(images: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False)
+
+
+UPSAMPLERS: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
+    "bicubic": bicubic, "lanczos": resize_lanczos}
+
+
+def to_unit(pixels: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def write_pngs(folder: Path, images: torch.Tensor) -> Path:
+    """(N, 3, H, W) in [-1, 1] (clamped here, as generate does) -> folder/00000.png ..."""
+    folder.mkdir(parents=True)
+    for i, pixels in enumerate(to_uint8(images.clamp(-1, 1))):
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+    return folder
+
+
+def downscaled_reals(files: list[Path], low: int) -> tuple[np.ndarray, int]:
+    """The clean images area-downscaled to `low` (PIL box, as augment) and their side."""
+    small, side = [], 0
+    for path in files:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+            side = image.size[0]
+            small.append(np.array(image.resize((low, low), Image.Resampling.BOX)))
+    return np.stack(small), side
+
+
+@torch.inference_mode()
+def generator_samples(folder: Path, n: int, batch: int = 250) -> tuple[torch.Tensor, int]:
+    """Samples 0..n-1 of the saved generator at its training size, and its delivery size."""
+    generator, spec = load_generator(folder)
+    if not isinstance(generator, Upsampled):
+        raise SystemExit(f"{folder}: trained at its delivery size ({spec.delivered_size} px); "
+                         "nothing to upsample")
+    parts = [generator.generator(seed_latents(list(range(i, min(i + batch, n))), spec.nz))
+             for i in range(0, n, batch)]
+    return torch.cat(parts).float(), spec.delivered_size
 
 
 def main() -> None:
@@ -48,25 +90,40 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("data/cache"))
     parser.add_argument("--low", type=int, default=64)
     parser.add_argument("--n", type=int, default=2048)
+    parser.add_argument("--generator", type=Path, action="append", default=[],
+                        help="a saved generator folder (data/train/best); repeatable")
+    parser.add_argument("--skip-floor", action="store_true", help="generators only")
     args = parser.parse_args()
 
     files = sorted(args.clean.glob("*.png"))[: args.n]
     cfg = ScoreConfig(n=len(files), batch_size=50, device="cpu")
+    rows: list[tuple[str, str, ScoreResult]] = []
+
+    def score(name: str, case: str, images: torch.Tensor, tmp: Path) -> None:
+        folder = write_pngs(tmp / f"{len(rows):02d}", images)
+        result = score_folders(folder, args.clean, cfg, cache_dir=args.cache, quiet=True)
+        assert result.n_generated == len(files)  # same n on every side
+        rows.append((name, case, result))
+        print(f"  {name:40s} {case:10s} FID {result.fid:7.2f}  KID {result.kid_mean:.4f}",
+              flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
-        same, shortcut = Path(tmp) / "same", Path(tmp) / "shortcut"
-        same.mkdir()
-        shortcut.mkdir()
-        for i, path in enumerate(files):
-            Image.open(path).convert("RGB").save(same / f"{i:05d}.png")
-            round_trip(path, args.low).save(shortcut / f"{i:05d}.png")
-        base = score_folders(same, args.clean, cfg, cache_dir=args.cache, quiet=True)
-        low = score_folders(shortcut, args.clean, cfg, cache_dir=args.cache, quiet=True)
-    assert base.n_generated == low.n_generated == len(files)  # same n on both sides
-    print(f"{len(files)} clean images vs data/clean ({base.n_reference} images):")
-    print(f"  unchanged                      FID {base.fid:7.2f}  KID {base.kid_mean:.4f}")
-    print(f"  {args.low} px and back (bicubic)      FID {low.fid:7.2f}  KID {low.kid_mean:.4f}")
-    print(f"  cost of the shortcut: FID +{low.fid - base.fid:.2f} "
-          f"({low.fid / max(base.fid, 1e-9):.1f}x the unchanged sample's)")
+        if not args.skip_floor:
+            small, side = downscaled_reals(files, args.low)
+            originals = np.stack([np.array(Image.open(p).convert("RGB")) for p in files])
+            score("clean images", "unchanged", to_unit(originals), Path(tmp))
+            for name, upsample in UPSAMPLERS.items():
+                score(f"clean, {args.low} px and back", name,
+                      upsample(to_unit(small), side), Path(tmp))
+        for folder in args.generator:
+            samples, size = generator_samples(folder, len(files))
+            for name, upsample in UPSAMPLERS.items():
+                score(str(folder), name, upsample(samples, size), Path(tmp))
+    print(f"{len(files)} images each against {args.clean} "
+          f"({rows[0][2].n_reference if rows else 0} images)")
+    print("| sample | upsampler | FID | KID |\n|---|---|---:|---:|")
+    for name, case, result in rows:
+        print(f"| {name} | {case} | {result.fid:.2f} | {result.kid_mean:.4f} |")
 
 
 if __name__ == "__main__":
