@@ -61,15 +61,15 @@ def write_pngs(folder: Path, images: torch.Tensor) -> Path:
     return folder
 
 
-def downscaled_reals(files: list[Path], low: int) -> tuple[np.ndarray, int]:
-    """The clean images area-downscaled to `low` (PIL box, as augment) and their side."""
-    small, side = [], 0
+def load_reals(files: list[Path], low: int) -> tuple[np.ndarray, np.ndarray]:
+    """The clean images as they are, and area-downscaled to `low` (PIL box, as augment)."""
+    originals, small = [], []
     for path in files:
         with Image.open(path) as im:
             image = im.convert("RGB")
-            side = image.size[0]
-            small.append(np.array(image.resize((low, low), Image.Resampling.BOX)))
-    return np.stack(small), side
+        originals.append(np.array(image))
+        small.append(np.array(image.resize((low, low), Image.Resampling.BOX)))
+    return np.stack(originals), np.stack(small)
 
 
 @torch.inference_mode()
@@ -109,12 +109,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_floor:
-            small, side = downscaled_reals(files, args.low)
-            originals = np.stack([np.array(Image.open(p).convert("RGB")) for p in files])
+            originals, small = load_reals(files, args.low)  # each file read once
             score("clean images", "unchanged", to_unit(originals), Path(tmp))
             for name, upsample in UPSAMPLERS.items():
                 score(f"clean, {args.low} px and back", name,
-                      upsample(to_unit(small), side), Path(tmp))
+                      upsample(to_unit(small), originals.shape[1]), Path(tmp))
         for folder in args.generator:
             samples, size = generator_samples(folder, len(files))
             for name, upsample in UPSAMPLERS.items():
