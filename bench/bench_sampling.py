@@ -31,18 +31,17 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_upsample import write_pngs  # noqa: E402
+from bench_upsample import seeded_samples, write_pngs  # noqa: E402
 
 from pipeline.core.config import ScoreConfig  # noqa: E402
-from pipeline.deliver.generate import seed_latents  # noqa: E402
-from pipeline.gan.models import Upsampled, load_generator  # noqa: E402
+from pipeline.gan.models import Cropped, Upsampled, load_generator  # noqa: E402
 from pipeline.gan.models.fastgan import NoiseInjection  # noqa: E402
 from pipeline.scoring.fid import score_folders  # noqa: E402
 
 
 def inner(generator: nn.Module) -> nn.Module:
-    """G itself, without the delivery-size wrapper."""
-    return generator.generator if isinstance(generator, Upsampled) else generator
+    """G itself, without the delivery-size wrapper (upsampling or cropping)."""
+    return generator.generator if isinstance(generator, (Upsampled, Cropped)) else generator
 
 
 @torch.no_grad()
@@ -60,7 +59,6 @@ def recalibrate(generator: nn.Module, nz: int, batches: int = 100, batch: int = 
     generator.eval()
 
 
-@torch.no_grad()
 def draw(generator: nn.Module, nz: int, n: int, *, random_noise: bool, psi: float,
          batch: int = 256) -> torch.Tensor:
     """Samples 0..n-1 at the delivery size, float32 in [-1, 1]."""
@@ -68,9 +66,7 @@ def draw(generator: nn.Module, nz: int, n: int, *, random_noise: bool, psi: floa
         if isinstance(module, NoiseInjection):
             module.train(random_noise)  # train mode draws fresh noise per image
     torch.manual_seed(7)  # the random noise, when on, is the same for every variant
-    parts = [generator(psi * seed_latents(list(range(i, min(i + batch, n))), nz))
-             for i in range(0, n, batch)]
-    return torch.cat(parts).float()
+    return seeded_samples(lambda z: generator(psi * z), nz, n, batch)
 
 
 def main() -> None:

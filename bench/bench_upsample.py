@@ -73,15 +73,21 @@ def load_reals(files: list[Path], low: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.inference_mode()
-def generator_samples(folder: Path, n: int, batch: int = 250) -> tuple[torch.Tensor, int]:
+def seeded_samples(generator: Callable[[torch.Tensor], torch.Tensor], nz: int, n: int,
+                   batch: int = 250) -> torch.Tensor:
+    """generator(z) for the latents of images 0..n-1 as generate draws them, float32."""
+    parts = [generator(seed_latents(list(range(i, min(i + batch, n))), nz))
+             for i in range(0, n, batch)]
+    return torch.cat(parts).float()
+
+
+def generator_samples(folder: Path, n: int) -> tuple[torch.Tensor, int]:
     """Samples 0..n-1 of the saved generator at its training size, and its delivery size."""
     generator, spec = load_generator(folder)
     if not isinstance(generator, Upsampled):
         raise SystemExit(f"{folder}: trained at its delivery size ({spec.delivered_size} px); "
                          "nothing to upsample")
-    parts = [generator.generator(seed_latents(list(range(i, min(i + batch, n))), spec.nz))
-             for i in range(0, n, batch)]
-    return torch.cat(parts).float(), spec.delivered_size
+    return seeded_samples(generator.generator, spec.nz, n), spec.delivered_size
 
 
 def main() -> None:
