@@ -14,13 +14,14 @@ from PIL import Image
 from pipeline.core.config import TrainConfig
 from pipeline.core.distributed import Dist
 from pipeline.core.errors import UserError
+from pipeline.core.pixels import unit_floats
 from pipeline.core.schedules import parse_schedule
 from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.data import BatchReader, BatchSampler, to_device_batch
 from pipeline.gan.diffaug import AdaptiveP, diff_augment, parse_policy, translation
 from pipeline.gan.loop import train
 from pipeline.gan.models import load_generator, spec_from_config
-from pipeline.gan.plots import make_grid, plot_losses
+from pipeline.gan.plots import make_grid, pixel_levels, plot_losses, to_uint8_nhwc
 from pipeline.gan.precision import Precision
 from pipeline.gan.steps import diversity, ema_beta, flip_labels, instance_noise_std, update_ema
 from pipeline.ingest import pack
@@ -324,6 +325,17 @@ def test_grid_and_curves(tmp_path: Path) -> None:
     rows = [{"kimg": k, "loss_d": 1.0 / (k + 1), "loss_g": 1.0, "acc_real": 0.5,
              "acc_fake": 0.5} for k in range(5)]
     assert plot_losses(rows, tmp_path / "losses.png").stat().st_size > 1000
+
+
+def test_pixel_levels_and_unit_floats_are_each_others_inverse() -> None:
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16, 1).expand(2, 16, 16, 3)
+    floats = unit_floats(levels)  # every level, both ends included
+    assert floats.shape == (2, 3, 16, 16) and floats.dtype == torch.float32
+    assert floats.min() == -1.0 and floats.max() == 1.0
+    assert torch.equal(pixel_levels(floats), levels)
+    # G overshoots [-1, 1]: clipped to levels 0 and 255; in between, the nearest level.
+    overshoot = torch.tensor([-1.5, 1.5, 2 / 255 - 1]).reshape(1, 3, 1, 1)
+    assert to_uint8_nhwc(overshoot).ravel().tolist() == [0, 255, 1]
 
 
 def test_batch_reader_gives_the_same_batches_from_memory_map_and_device_copy(

@@ -1,4 +1,4 @@
-"""How generator output becomes pixels: one rounding rule for every PNG, export and score."""
+"""Pixels <-> the [-1, 1] floats the networks see: one rule each way, for every PNG and batch."""
 
 from __future__ import annotations
 
@@ -12,3 +12,12 @@ def png_levels(images: torch.Tensor) -> torch.Tensor:
     when G ran in bf16: generate's PNGs, the export and the snapshot scores all see these levels.
     """
     return images.float().mul(127.5).add(127.5).clamp(0, 255).round()
+
+
+def unit_floats(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) levels -> float32 (N, C, H, W) in [-1, 1]: png_levels' inverse.
+
+    A permuted view converted in place: the result keeps NHWC memory (channels-last strides),
+    so a caller that wants plain NCHW calls .contiguous().
+    """
+    return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)

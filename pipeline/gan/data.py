@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pipeline.core.distributed import Dist, shard
+from pipeline.core.pixels import unit_floats
 from pipeline.gan.precision import Precision
 
 
@@ -56,7 +57,7 @@ def to_device_batch(batch: torch.Tensor, precision: Precision) -> torch.Tensor:
     x = batch
     if x.device != precision.device:
         x = x.pin_memory().to(precision.device, non_blocking=True)
-    x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (N, C, H, W) in [-1, 1]
+    x = unit_floats(x)
     return x if precision.channels_last else x.contiguous()
 
 

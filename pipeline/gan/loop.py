@@ -54,6 +54,7 @@ from pipeline.core.distributed import (
     shutdown,
 )
 from pipeline.core.errors import UserError
+from pipeline.core.pixels import unit_floats
 from pipeline.core.schedules import Schedule, parse_schedule
 from pipeline.gan import checkpoint as ckpt
 from pipeline.gan.batchnorm import synchronise_batchnorm
@@ -333,8 +334,7 @@ def _recorded_precision(run_dir: Path) -> dict | None:
 def _real_diversity(images: np.ndarray, seed: int) -> float:
     """Diversity of GRID_IMAGES random reals: the level the collapse warning compares with."""
     pick = np.sort(np.random.default_rng([seed, 7]).permutation(len(images))[:GRID_IMAGES])
-    reals = torch.from_numpy(np.asarray(images[pick])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return diversity(reals)
+    return diversity(unit_floats(torch.from_numpy(np.asarray(images[pick]))))
 
 
 def _wrap_for_ddp(run: Run, state: TrainState) -> tuple[nn.Module, nn.Module]:

@@ -29,10 +29,8 @@ def pixel_levels(images: torch.Tensor) -> torch.Tensor:
 
 
 def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8 in [0, 255] (values clipped)."""
-    x = images.detach().float().cpu().clamp(-1, 1)  # G's raw output may overshoot [-1, 1]
-    x = ((x + 1) * 127.5).round().to(torch.uint8)  # -1 -> 0, 1 -> 255
-    return x.permute(0, 2, 3, 1).contiguous().numpy()
+    """(N, C, H, W) float in [-1, 1] -> (N, H, W, C) uint8 numpy, the PNGs' levels (grids, logs)."""
+    return pixel_levels(images.detach()).cpu().contiguous().numpy()
 
 
 def grid_shape(count: int) -> tuple[int, int]:
