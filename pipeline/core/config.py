@@ -300,6 +300,10 @@ class TrainConfig:
         1, "FastGAN only: D's reconstruction loss every N D steps, weighted xN (lazy, as "
         "reg_interval; 1 = every step, the paper; 2 saves ~10% of a CPU step)",
         check=at_least(1))
+    recon_weight: float = knob(
+        1.0, "FastGAN only: weight of D's reconstruction loss (MSE here, where the paper's is "
+        "LPIPS, weight 1; 0 = off, the decoders never run)",
+        check=at_least(0))
     # StyleGAN2 only (model: stylegan2); mlp and dcgan ignore these.
     w_dim: int = knob(128, "StyleGAN2 intermediate latent (w) size", check=at_least(1))
     mapping_layers: int = knob(

@@ -83,6 +83,7 @@ from pipeline.gan.steps import (
     g_backward,
     instance_noise_std,
     optimizer_step,
+    reconstruction_weight,
     sample,
     update_ema,
 )
@@ -351,8 +352,9 @@ def _wrap_for_ddp(run: Run, state: TrainState) -> tuple[nn.Module, nn.Module]:
     if run.dist.enabled:
         ids = [run.device.index] if run.device.type == "cuda" else None
         G = nn.parallel.DistributedDataParallel(G, device_ids=ids)
-        # Lazy reconstruction leaves D's decoders without gradients on the other steps.
-        lazy_aux = run.family.d_aux_loss and run.cfg.recon_interval > 1
+        # Lazy (or no) reconstruction leaves D's decoders without gradients on some steps.
+        lazy_aux = run.family.d_aux_loss and (run.cfg.recon_interval > 1
+                                              or run.cfg.recon_weight == 0)
         D_pair = nn.parallel.DistributedDataParallel(D_pair, device_ids=ids,
                                                      find_unused_parameters=lazy_aux)
     return G, D_pair
@@ -429,7 +431,7 @@ def train_step(run: Run, state: TrainState, G: nn.Module, D_pair: nn.Module,
         lazy_weight(weight * gamma, cfg.reg_interval, state.steps) if run.uses(name, weight)
         else 0.0 for name, weight in (("r1", cfg.r1_gamma), ("r2", cfg.r2_gamma)))
     # Lazy reconstruction (FastGAN's D): every recon_interval steps, weighted xN likewise.
-    aux_weight = float(cfg.recon_interval) if state.steps % cfg.recon_interval == 0 else 0.0
+    aux_weight = reconstruction_weight(cfg.recon_weight, cfg.recon_interval, state.steps)
     loss_d, real_logits, fake_logits = d_backward(
         D_pair, state.D, run.loss, d_real_in, d_fake_in, cfg.real_label, precision,
         state.scaler_d, r1_weight, r2_weight, aux_weight)

@@ -123,6 +123,13 @@ def sample(generator: nn.Module, z: torch.Tensor, precision: Precision) -> torch
     return images.float()
 
 
+def reconstruction_weight(weight: float, interval: int, step: int) -> float:
+    """Weight of FastGAN's reconstruction loss at D step `step`: weight * interval on every
+    interval-th step, else 0.0 (the decoders are skipped), so its average stays `weight`.
+    The lazy rule of R1 without R1's halving; weight 0 turns the loss off."""
+    return weight * interval if step % interval == 0 else 0.0
+
+
 def d_backward(
     pair: nn.Module,
     d_plain: nn.Module,
