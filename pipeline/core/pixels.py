@@ -17,7 +17,7 @@ def png_levels(images: torch.Tensor) -> torch.Tensor:
 def unit_floats(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W, C) levels -> float32 (N, C, H, W) in [-1, 1]: png_levels' inverse.
 
-    A permuted view converted in place: the result keeps NHWC memory (channels-last strides),
-    so a caller that wants plain NCHW calls .contiguous().
+    The input is left as it is (.float() copies it; the scaling runs in place on the copy). The
+    copy keeps NHWC memory order (channels-last strides): call .contiguous() for plain NCHW.
     """
     return images.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
