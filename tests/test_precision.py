@@ -38,6 +38,25 @@ def test_the_probe_times_the_real_networks_and_leaves_the_rng_alone() -> None:
     assert set(precision.cpu_step_seconds(mlp, 2, (None,))) == {(None, False)}
 
 
+def test_the_probe_times_candidates_in_rounds_so_a_burst_of_load_hits_both() -> None:
+    """A neighbour's burst triples the cost of timed calls 3 to 5 (a hand-made clock: fp32
+    costs 1.0, bf16 0.8). In rounds, fp32 is timed 3.0, 3.0, 1.0 and bf16 2.4, 0.8, 0.8: each
+    keeps a quiet round, and bf16 stays the faster, as it is."""
+    fp32, bf16 = (None, True), (torch.bfloat16, True)
+    now, order = [0.0], []
+
+    def step(key: tuple, cost: float):
+        def run() -> None:
+            order.append(key)
+            now[0] += cost * (3.0 if 3 <= len(order) <= 5 else 1.0)  # calls 1-2: warm-up
+        return run
+
+    best = precision.interleaved_best({fp32: step(fp32, 1.0), bf16: step(bf16, 0.8)},
+                                      repeats=3, clock=lambda: now[0])
+    assert order == [fp32, bf16] * 4  # one warm-up round, then three timed rounds
+    assert best == pytest.approx({fp32: 1.0, bf16: 0.8})
+
+
 def test_the_choice_from_a_probe() -> None:
     """bf16 needs BF16_MIN_SPEEDUP over fp32, each in its faster layout; then the faster layout.
     Timings written by hand: what a Zen 4 (bf16 wins, NCHW for it) and an AVX2 CPU would give."""

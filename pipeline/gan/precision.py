@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Precision:
 # shows them at least this much faster than fp32 (a margin against a noisy probe).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.1
+Key = tuple[torch.dtype | None, bool]  # (autocast dtype, channels_last): one probe candidate
 DTYPES = {"torch.bfloat16": torch.bfloat16, "torch.float16": torch.float16, "None": None}
 
 
@@ -65,13 +67,33 @@ def eval_dtype(choice: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if native else None
 
 
+def interleaved_best(steps: dict[Key, Callable[[], None]], repeats: int,
+                     clock: Callable[[], float] = time.perf_counter) -> dict[Key, float]:
+    """The best of `repeats` timings of each step after one warm-up round, taken in rounds
+    (A, B, C, A, B, C, ...), never one candidate's repeats in a row.
+
+    On a shared host a burst of someone else's load lasts seconds: timed back to back, one
+    candidate could see only the burst and lose to a slower one (a Fashion-MNIST run picked
+    fp32 NHWC, the slowest of four, at half the speed of bf16). In rounds every candidate
+    sees each burst, and the best of its rounds is a quiet one.
+    """
+    best = {key: float("inf") for key in steps}
+    for round_ in range(repeats + 1):
+        for key, step in steps.items():
+            start = clock()
+            step()
+            if round_ > 0:  # round 0 warms up (allocations, oneDNN kernel choice)
+                best[key] = min(best[key], clock() - start)
+    return best
+
+
 @functools.lru_cache(maxsize=8)
 def cpu_step_seconds(spec: ModelSpec, batch: int, dtypes: tuple[torch.dtype | None, ...],
-                     repeats: int = 4) -> dict[tuple[torch.dtype | None, bool], float]:
+                     repeats: int = 5) -> dict[Key, float]:
     """Seconds of one training-like step of this very spec and batch (G forward, D forward
     with its auxiliary loss when the family has one, backward) for each autocast dtype in
     `dtypes` and each memory layout (channels_last True / False; False only for a family
-    without convolutions), the best of `repeats` after a warm-up.
+    without convolutions), the best of `repeats` taken in interleaved rounds.
 
     The networks' own mix of layers decides, and no rule of thumb does: on two quiet Zen 4
     cores (AVX-512-BF16) bf16 gains 1.2x (FastGAN, width 1/8, batch 16, 64 px), 1.6x (DCGAN)
@@ -81,7 +103,7 @@ def cpu_step_seconds(spec: ModelSpec, batch: int, dtypes: tuple[torch.dtype | No
     """
     family = get_model(spec.name)
     layouts = (True, False) if family.channels_last else (False,)
-    seconds: dict[tuple[torch.dtype | None, bool], float] = {}
+    steps: dict[Key, Callable[[], None]] = {}
     with torch.random.fork_rng(devices=[]):
         for channels_last in layouts:
             torch.manual_seed(0)
@@ -90,21 +112,22 @@ def cpu_step_seconds(spec: ModelSpec, batch: int, dtypes: tuple[torch.dtype | No
             D = build_discriminator(spec).to(memory_format=layout)
             z = torch.randn(batch, spec.nz)
             for dtype in dtypes:
-                times = []
-                for _ in range(repeats + 1):  # the first is a warm-up
-                    start = time.perf_counter()
-                    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                        out = D(G(z), aux=True) if family.d_aux_loss else D(G(z))
-                        logits, extra = out if family.d_aux_loss else (out, 0.0)
-                        loss = logits.float().mean() + extra
-                    loss.backward()
-                    times.append(time.perf_counter() - start)
-                seconds[(dtype, channels_last)] = min(times[1:])
-    return seconds
+                steps[(dtype, channels_last)] = functools.partial(
+                    _probe_step, G, D, z, dtype, family.d_aux_loss)
+        return interleaved_best(steps, repeats)
 
 
-def fastest_on_cpu(seconds: dict[tuple[torch.dtype | None, bool], float], auto: bool
-                   ) -> tuple[torch.dtype | None, bool]:
+def _probe_step(G: torch.nn.Module, D: torch.nn.Module, z: torch.Tensor,
+                dtype: torch.dtype | None, aux: bool) -> None:
+    """G forward, D forward (with its auxiliary loss when it has one), backward."""
+    with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        out = D(G(z), aux=True) if aux else D(G(z))
+        logits, extra = out if aux else (out, 0.0)
+        loss = logits.float().mean() + extra
+    loss.backward()
+
+
+def fastest_on_cpu(seconds: dict[Key, float], auto: bool) -> Key:
     """(dtype, channels_last) from a probe's timings. With `auto`, bf16 only when its faster
     layout beats fp32's faster layout by BF16_MIN_SPEEDUP (timings on a busy machine are noise;
     a run also keeps its first choice); otherwise the probe's one dtype. Then the faster layout
