@@ -73,9 +73,10 @@ def interleaved_best(steps: dict[Key, Callable[[], None]], repeats: int,
     (A, B, C, A, B, C, ...), never one candidate's repeats in a row.
 
     On a shared host a burst of someone else's load lasts seconds: timed back to back, one
-    candidate could see only the burst and lose to a slower one (a Fashion-MNIST run picked
-    fp32 NHWC, the slowest of four, at half the speed of bf16). In rounds every candidate
-    sees each burst, and the best of its rounds is a quiet one.
+    candidate can see only the burst and lose to a slower one (a Fashion-MNIST run's probe
+    picked fp32 NHWC, which a probe minutes later timed the slowest of four, and trained at
+    half the speed of bf16). In rounds every candidate sees each burst, and the best of its
+    rounds is a quiet one.
     """
     best = {key: float("inf") for key in steps}
     for round_ in range(repeats + 1):
