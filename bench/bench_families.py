@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from pipeline.core.config import TrainConfig  # noqa: E402
-from pipeline.gan.loop import train  # noqa: E402
+from pipeline.gan.loop import STAT_KEYS, train  # noqa: E402
 from pipeline.gan.models import get_model  # noqa: E402
 from pipeline.ingest import pack  # noqa: E402
 
@@ -93,14 +93,21 @@ def plain_step_flops(cfg: TrainConfig, pack_dir: Path) -> float:
 def measure(cfg: TrainConfig, pack_dir: Path, warmup: int, group: int) -> dict:
     """img/s (median of ticks after warm-up), s/kimg, and whether every loss stayed finite."""
     with tempfile.TemporaryDirectory() as work:
-        report = train(cfg, pack_dir, Path(work) / "run", quiet=True)
-        rows = [json.loads(line) for line in (Path(work) / "run/stats.jsonl").read_text()
-                .splitlines()]
-        amp = json.loads((Path(work) / "run/training_options.json").read_text())["amp"]
+        train(cfg, pack_dir, Path(work) / "run", quiet=True)
+        return run_rate(Path(work) / "run", warmup)
+
+
+def run_rate(run_dir: Path, warmup: int) -> dict:
+    """A finished run folder's img/s (median of its ticks after `warmup` steps; images over all
+    ranks), s/kimg, images trained on, the precision it chose, and whether its losses stayed
+    finite (the last tick's averages, as the loop reports them)."""
+    rows = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    amp = json.loads((run_dir / "training_options.json").read_text())["amp"]
     timed = [row for row in rows if row["step"] > warmup] or rows[-1:]
     rate = float(np.median([row["img_per_s"] for row in timed]))
-    finite = all(math.isfinite(v) for v in report.final_losses.values())
-    return {"img_per_s": rate, "s_per_kimg": 1000 / rate, "amp": amp, "finite": finite}
+    finite = all(math.isfinite(rows[-1][key]) for key in STAT_KEYS)
+    return {"img_per_s": rate, "s_per_kimg": 1000 / rate, "amp": amp, "finite": finite,
+            "images": round(rows[-1]["kimg"] * 1000)}
 
 
 def main() -> None:
