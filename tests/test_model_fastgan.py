@@ -206,12 +206,15 @@ def test_lazy_reconstruction_skips_or_scales_the_decoders_gradient() -> None:
 def test_reconstruction_weight_follows_the_lazy_rule_and_zero_turns_it_off() -> None:
     """train.recon_weight w, recon_interval N: w * N on every N-th D step, 0 on the others (the
     decoders skipped, as tested above); w = 0 never runs them. Hand-computed values."""
-    from pipeline.gan.steps import reconstruction_weight
+    from pipeline.gan.steps import reconstruction_skipped_sometimes, reconstruction_weight
 
     assert [reconstruction_weight(1.0, 1, step) for step in range(3)] == [1.0, 1.0, 1.0]
     assert [reconstruction_weight(2.0, 1, step) for step in range(3)] == [2.0, 2.0, 2.0]
     assert [reconstruction_weight(1.5, 2, step) for step in range(4)] == [3.0, 0.0, 3.0, 0.0]
     assert [reconstruction_weight(0.0, 1, step) for step in range(3)] == [0.0, 0.0, 0.0]
+    # ... and DDP is told the decoders go without gradients exactly in the last two cases.
+    skipped = {(1.0, 1): False, (2.0, 1): False, (1.5, 2): True, (0.0, 1): True}  # (w, N)
+    assert {case: reconstruction_skipped_sometimes(*case) for case in skipped} == skipped
 
 
 def test_the_pair_normalises_d_once_for_both_passes() -> None:

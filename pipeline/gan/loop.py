@@ -83,6 +83,7 @@ from pipeline.gan.steps import (
     g_backward,
     instance_noise_std,
     optimizer_step,
+    reconstruction_skipped_sometimes,
     reconstruction_weight,
     sample,
     update_ema,
@@ -353,8 +354,8 @@ def _wrap_for_ddp(run: Run, state: TrainState) -> tuple[nn.Module, nn.Module]:
         ids = [run.device.index] if run.device.type == "cuda" else None
         G = nn.parallel.DistributedDataParallel(G, device_ids=ids)
         # Lazy (or no) reconstruction leaves D's decoders without gradients on some steps.
-        lazy_aux = run.family.d_aux_loss and (run.cfg.recon_interval > 1
-                                              or run.cfg.recon_weight == 0)
+        lazy_aux = run.family.d_aux_loss and reconstruction_skipped_sometimes(
+            run.cfg.recon_weight, run.cfg.recon_interval)
         D_pair = nn.parallel.DistributedDataParallel(D_pair, device_ids=ids,
                                                      find_unused_parameters=lazy_aux)
     return G, D_pair

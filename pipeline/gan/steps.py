@@ -130,6 +130,12 @@ def reconstruction_weight(weight: float, interval: int, step: int) -> float:
     return weight * interval if step % interval == 0 else 0.0
 
 
+def reconstruction_skipped_sometimes(weight: float, interval: int) -> bool:
+    """Whether reconstruction_weight is 0 on some steps: the decoders then get no gradient
+    there (DDP must be told to expect unused parameters)."""
+    return weight == 0 or interval > 1
+
+
 def d_backward(
     pair: nn.Module,
     d_plain: nn.Module,
