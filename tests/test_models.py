@@ -23,6 +23,7 @@ from pipeline.gan.models import (
     save_generator,
     spec_from_config,
 )
+from pipeline.gan.models.dcgan import LatentProjection, channels_at
 from pipeline.gan.resample import resize_lanczos
 
 
@@ -57,6 +58,31 @@ def test_dcgan_28_starts_from_a_7x7_map() -> None:
     first = build_generator(spec).model[0]
     last = build_discriminator(spec).model[-1]
     assert (first.kernel_size, last.kernel_size) == ((7, 7), (7, 7))
+
+
+def test_dcgan_channels_are_multiples_of_8() -> None:
+    """4096/r and 2048/r times the width, rounded to a multiple of 8 from 8 up (bf16 kernels):
+    at 28 px and width 0.25, G 146.3 -> 144, 73.1 -> 72, 36.6 -> 40 and D 36.6 -> 40, 73.1 -> 72;
+    tiny widths keep their few channels."""
+    spec = ModelSpec("dcgan", size=28, channels=1, nz=100, width=0.25)
+    convs = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    g_out = [m.out_channels for m in build_generator(spec).modules() if isinstance(m, convs)]
+    d_out = [m.out_channels for m in build_discriminator(spec).modules() if isinstance(m, convs)]
+    assert (g_out, d_out) == ([144, 72, 40, 1], [40, 72, 1])
+    assert [channels_at(4096, r, 1 / 64) for r in (4, 8, 16, 32)] == [16, 8, 4, 2]
+
+
+def test_dcgan_latent_projection_is_the_transposed_conv() -> None:
+    """G's first layer is z @ W instead of ConvTranspose2d(nz, c, k, 1, 0) on a 1x1 map: a plain
+    ConvTranspose2d's state dict loads into it and both give the same map."""
+    torch.manual_seed(0)
+    plain = torch.nn.ConvTranspose2d(100, 24, 7, 1, 0, bias=False)
+    projection = LatentProjection(100, 24, 7)
+    projection.load_state_dict(plain.state_dict())
+    z = torch.randn(5, 100, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(projection(z), plain(z), atol=1e-5)
+        assert projection(z).shape == (5, 24, 7, 7)
 
 
 @pytest.mark.parametrize("name,size,channels", CASES)

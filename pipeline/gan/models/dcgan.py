@@ -7,8 +7,14 @@ At size 128 and width 1.0 the layers are exactly seed 004's tables:
      (all 4,2,1, bias-free), then Conv(512->1, 4,1,0)     2,796,800 parameters
 Other sizes add or drop a stride-2 block. Channels depend on the feature map's resolution, not on
 the image size (G: 4096/r, D: 2048/r at an r x r map), so a 64-pixel model is the 128-pixel one
-without its last block. `width` multiplies every channel count. The 28-pixel teaching size starts
-from a 7x7 map (7 -> 14 -> 28), as the classic MNIST DCGAN does.
+without its last block. `width` multiplies every channel count, and counts of 8 or more are
+rounded to a multiple of 8: a CPU's bf16 kernels run such layers about twice as fast (146 -> 73
+channels at 28 px, width 0.25, took twice as long as 144 -> 72; bench/RESULTS.md). The 28-pixel
+teaching size starts from a 7x7 map (7 -> 14 -> 28), as the classic MNIST DCGAN does.
+
+G's first layer (a transposed conv on a 1x1 latent) is computed as the matrix product it is:
+the same weights and outputs, without the transposed-conv kernel that a CPU runs ten times
+slower in bf16 for this shape.
 
 Weights start from the DCGAN paper's N(0, 0.02) (BN scale N(1, 0.02)); the seed's notebook used
 PyTorch's defaults, which train too but less reliably with lr 8e-4.
@@ -28,11 +34,15 @@ G_BASE = 4096  # generator channels at an r x r map = G_BASE / r (1024 at 4x4)
 D_BASE = 2048  # discriminator channels at an r x r map = D_BASE / r (512 at 4x4)
 PATCH_HALVINGS = 3  # PatchGAN head: stride-2 blocks before the logit map (128 px -> 16x16)
 BN_BELOW = 32  # D blocks whose output map is smaller than this get BatchNorm (seed: 16, 8, 4)
+CHANNEL_MULTIPLE = 8  # channel counts from this up are rounded to a multiple of it
 
 
 def channels_at(base: int, resolution: int, width: float) -> int:
-    """Channel count of a feature map of side `resolution` pixels."""
-    return max(1, round(base / resolution * width))
+    """Channel count of a feature map of side `resolution` pixels (a multiple of 8 from 8 up)."""
+    channels = base / resolution * width
+    if channels < CHANNEL_MULTIPLE:
+        return max(1, round(channels))
+    return CHANNEL_MULTIPLE * round(channels / CHANNEL_MULTIPLE)
 
 
 def check_size(size: int) -> None:
@@ -59,6 +69,21 @@ def init_dcgan_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+class LatentProjection(nn.ConvTranspose2d):
+    """ConvTranspose2d(nz, c, k, 1, 0) on a 1x1 latent, computed as z @ W: the same parameters
+    and state-dict keys (old checkpoints load), the same outputs, a fast matmul kernel."""
+
+    def __init__(self, nz: int, channels: int, side: int) -> None:
+        super().__init__(nz, channels, side, 1, 0, bias=False)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # (N, nz, 1, 1) -> (N, c, side, side)
+        weight = self.weight  # (nz, c, side, side)
+        out = z.reshape(z.shape[0], -1) @ weight.reshape(weight.shape[0], -1)
+        out = out.reshape(z.shape[0], *weight.shape[1:])
+        # fold_batchnorm gives it a bias for generation
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 def _up_block(c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> list[nn.Module]:
@@ -91,7 +116,8 @@ class Generator(nn.Module):
         resolutions = [base * 2**i for i in range(doublings + 1)]  # 4, 8, ..., size
         widths = [channels_at(G_BASE, r, width) for r in resolutions]
         # "Fully connected" first layer: a 1x1 latent becomes a base x base map.
-        layers = _up_block(nz, widths[0], base, 1, 0)
+        layers: list[nn.Module] = [LatentProjection(nz, widths[0], base),
+                                   nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)]
         # One stride-2 block per doubling: base -> 2 base -> ... -> size.
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers += _up_block(c_in, c_out, 4, 2, 1)
