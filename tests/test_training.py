@@ -205,6 +205,22 @@ def test_time_budget_stops_with_a_checkpoint_and_the_run_continues(
     assert (finished.resumed_from_kimg, finished.kimg_done) == (stopped.kimg_done, TINY.kimg)
 
 
+def test_a_checkpoint_of_other_layer_shapes_is_a_clear_error(pack_dir: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Same settings, layers of other shapes (a checkpoint from a version whose channel rule
+    differed, as DCGAN's before its multiples of 8): a UserError that names the file, not a
+    traceback."""
+    from pipeline.gan.models import dcgan
+
+    cfg = dataclasses.replace(TINY, kimg=0.032, checkpoint_kimg=0.032)
+    with monkeypatch.context() as patch:  # the other version's rule: one more channel a map
+        patch.setattr(dcgan, "channels_at", lambda base, r, width: round(base / r * width) + 1)
+        train(cfg, pack_dir, tmp_path / "run", quiet=True)
+    with pytest.raises(UserError, match="networks of other shapes") as info:
+        train(dataclasses.replace(cfg, kimg=0.064), pack_dir, tmp_path / "run", quiet=True)
+    assert "checkpoints" in str(info.value) and "size mismatch" in str(info.value)
+
+
 def test_changed_networks_refuse_to_resume(pack_dir: Path, tmp_path: Path) -> None:
     cfg = dataclasses.replace(TINY, kimg=0.032, checkpoint_kimg=0.032)
     train(cfg, pack_dir, tmp_path / "run", quiet=True)

@@ -171,7 +171,14 @@ class TrainState:
             tensors = ckpt.load_checkpoint(path, device)
         else:  # rank 0 read it once, on the CPU, while looking for a readable one
             tensors = _to_device(tensors, device)
-        self._load_tensors(tensors, cfg)
+        try:
+            self._load_tensors(tensors, cfg)
+        except RuntimeError as error:  # same settings, other layer shapes: another version
+            first = str(error).strip().splitlines()[-1].strip()
+            raise UserError(f"{path} holds networks of other shapes than these settings build "
+                            f"({first}); it was written by another version of the code: set "
+                            f"train.resume_from to '' and move {ckpt_dir.parent} away to start "
+                            "over") from None
         # Loop state: data order, augmentation strength, counters, stats for the report.
         self.sampler.load_state_dict(meta["sampler"])
         self.ada.load_state_dict(meta["ada"], device)
