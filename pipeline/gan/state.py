@@ -176,9 +176,9 @@ class TrainState:
         except RuntimeError as error:  # same settings, other layer shapes: another version
             first = str(error).strip().splitlines()[-1].strip()
             raise UserError(f"{path} holds networks of other shapes than these settings build "
-                            f"({first}); it was written by another version of the code: set "
-                            f"train.resume_from to '' and move {ckpt_dir.parent} away to start "
-                            "over") from None
+                            f"({first}); another version of the code wrote it: move "
+                            f"{ckpt_dir.parent} away (or give train.resume_from another run) to "
+                            "start over") from None
         # Loop state: data order, augmentation strength, counters, stats for the report.
         self.sampler.load_state_dict(meta["sampler"])
         self.ada.load_state_dict(meta["ada"], device)
