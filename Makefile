@@ -117,7 +117,7 @@ params: $(STAMP) ## every parameter with its default and meaning
 
 # Two pytest-xdist workers (tests/conftest.py says why); TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-test: $(STAMP) ## the whole test suite (about 9 minutes on 2 CPU cores)
+test: $(STAMP) ## the whole test suite (9 to 11 minutes on 2 CPU cores)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 test-fast: $(STAMP) ## the tests not marked slow
