@@ -174,9 +174,9 @@ class TrainState:
         try:
             self._load_tensors(tensors, cfg)
         except RuntimeError as error:  # same settings, other layer shapes: another version
-            first = str(error).strip().splitlines()[-1].strip()
+            detail = str(error).strip().splitlines()[-1].strip()  # the first mismatch
             raise UserError(f"{path} holds networks of other shapes than these settings build "
-                            f"({first}); another version of the code wrote it: move "
+                            f"({detail}); another version of the code wrote it: move "
                             f"{ckpt_dir.parent} away (or give train.resume_from another run) to "
                             "start over") from None
         # Loop state: data order, augmentation strength, counters, stats for the report.
