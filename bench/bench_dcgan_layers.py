@@ -29,7 +29,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
@@ -37,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.core.config import TrainConfig  # noqa: E402
-from pipeline.gan.loop import train  # noqa: E402
 from pipeline.gan.models import (  # noqa: E402
     ModelSpec,
     build_discriminator,
@@ -45,10 +43,9 @@ from pipeline.gan.models import (  # noqa: E402
     dcgan,
 )
 from pipeline.gan.precision import cpu_has_native_bf16  # noqa: E402
-from pipeline.ingest import pack  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_families import run_rate  # noqa: E402
+from bench_families import make_pack, measure  # noqa: E402
 from common import Result, finish  # noqa: E402
 
 PROFILE = ROOT / "profiles" / "fashion-mnist-dcgan.yaml"
@@ -95,14 +92,6 @@ def projection_matches() -> bool:
         return torch.allclose(projection(z), plain(z), atol=1e-5)
 
 
-def make_pack(folder: Path, count: int) -> None:
-    """Random 28-px grey uint8 images: throughput does not depend on content."""
-    images = pack.create(folder, count, SIZE, 1)
-    images[:] = np.random.default_rng(0).integers(0, 256, images.shape, dtype=np.uint8)
-    images.flush()
-    pack.write_info(folder, pack.PackInfo(count, SIZE, 1, count, ("identity",)))
-
-
 def profile_config(amp: str, steps: int, group: int) -> TrainConfig:
     """The Fashion-MNIST DCGAN profile's training section, `steps` steps long, amp as given."""
     recipe = yaml.safe_load(PROFILE.read_text())["train"]
@@ -111,13 +100,6 @@ def profile_config(amp: str, steps: int, group: int) -> TrainConfig:
     return dataclasses.replace(cfg, amp=amp, device="cpu", minutes=0.0, kimg=steps * batch / 1000,
                                tick_kimg=group * batch / 1000, checkpoint_kimg=1e6,
                                snapshot_kimg=1e6, collapse_ratio=0.0)
-
-
-def one_run(cfg: TrainConfig, pack_dir: Path, warmup: int, former: bool) -> dict:
-    with tempfile.TemporaryDirectory() as work, (former_layers() if former
-                                                 else contextlib.nullcontext()):
-        train(cfg, pack_dir, Path(work) / "run", quiet=True)
-        return run_rate(Path(work) / "run", warmup)
 
 
 def main() -> None:
@@ -130,15 +112,16 @@ def main() -> None:
     amps = ["bf16", "off"] if cpu_has_native_bf16() else ["off"]
     with tempfile.TemporaryDirectory() as tmp:
         pack_dir = Path(tmp) / "pack"
-        make_pack(pack_dir, 2048)
+        make_pack(pack_dir, 2048, SIZE, channels=1)  # 28-px grey, as Fashion-MNIST
         for amp in amps:
             cfg = profile_config(amp, args.steps, args.group)
             with former_layers():
                 former = channel_counts(cfg)
             ours_runs, former_runs = [], []
             for _ in range(args.rounds):  # alternate, so drift on the host hits both sides
-                former_runs.append(one_run(cfg, pack_dir, args.warmup, former=True))
-                ours_runs.append(one_run(cfg, pack_dir, args.warmup, former=False))
+                with former_layers():
+                    former_runs.append(measure(cfg, pack_dir, args.warmup, args.group))
+                ours_runs.append(measure(cfg, pack_dir, args.warmup, args.group))
             ours = statistics.median(run["img_per_s"] for run in ours_runs)
             theirs = statistics.median(run["img_per_s"] for run in former_runs)
             runs = ours_runs + former_runs

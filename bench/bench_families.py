@@ -54,13 +54,13 @@ STYLEGAN2_PAPER = dict(channel_base=16384, channel_max=512, nz=512, w_dim=512, m
                        batch_size=8, r1_gamma=0.1, loss="nonsaturating")
 
 
-def make_pack(folder: Path, count: int, size: int) -> None:
+def make_pack(folder: Path, count: int, size: int, channels: int = 3) -> None:
     """Random uint8 images: throughput does not depend on content."""
-    images = pack.create(folder, count, size, 3)
+    images = pack.create(folder, count, size, channels)
     rng = np.random.default_rng(0)
     images[:] = rng.integers(0, 256, images.shape, dtype=np.uint8)
     images.flush()
-    pack.write_info(folder, pack.PackInfo(count, size, 3, count, ("identity",)))
+    pack.write_info(folder, pack.PackInfo(count, size, channels, count, ("identity",)))
 
 
 def config(family: str, paper: bool, amp: str, device: str, steps: int, group: int) -> TrainConfig:
