@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.core.pixels import png_levels
 from pipeline.scoring import inception, metrics
-from pipeline.scoring.fid import ReferenceStats, frechet_distance, load_reference, statistics
+from pipeline.scoring.fid import ReferenceStats, fid_against, load_reference
 
 EVAL_BATCH = 50  # images per generator and Inception forward pass
 EVAL_SEED = 2**31 - 17  # seed of the fixed evaluation latents (apart from grid and training)
@@ -71,8 +71,7 @@ class SnapshotScorer:
             rows.append(self._features(images))
         generator.train(was_training)
         features = np.concatenate(rows)  # (n, 2048) float64
-        mu, sigma = statistics(features)
-        fid = frechet_distance(mu, sigma, self.reference.mu, self.reference.sigma)
+        fid = fid_against(features, self.reference)
         kid = metrics.kid(features, self.reference.features, subsets=KID_SUBSETS,
                           subset_size=min(self.n, 1000)).mean
         return SnapshotScore(kid=float(kid), fid=float(fid), n=self.n)
