@@ -4,8 +4,8 @@
 one appends its result only after its own sanity checks passed (same pixels, same FID to 1e-3,
 same image count; bench/common.py), so the test reads those records. Their timings are not
 checked here: bench/RESULTS.md records real runs. The other scripts (the model tournament, the
-layout probe, the families' throughput, the DCGAN's layers) run at a toy size too. Catches a
-library change that breaks a benchmark or its baseline.
+layout probe, the families' throughput, the DCGAN's layers, the Frechet distance) run at a toy
+size too. Catches a library change that breaks a benchmark or its baseline.
 """
 
 import json
@@ -44,6 +44,7 @@ def test_make_bench_runner_at_toy_size_every_benchmark_checked(tmp_path):
                            "--only", "dcgan", "fastgan"]),
     ("bench_layout.py", ["--size", "32", "--repeats", "1", "--only", "fastgan"]),
     ("bench_dcgan_layers.py", ["--steps", "3", "--warmup", "1", "--group", "1", "--rounds", "1"]),
+    ("bench_frechet.py", ["--sizes", "20x30", "300x40", "--dim", "64", "--repeats", "1"]),
     ("bench_models.py", ["--minutes", "0.02", "--n", "16", "--eval-n", "10", "--limit", "24",
                          "--size", "64", "--train-size", "32", "--set", "train.seed=1",
                          "--only", "fastgan"]),
