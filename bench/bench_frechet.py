@@ -71,7 +71,8 @@ def main() -> None:
 
         ours_s, ours = best_of(args.repeats, lambda: fid.fid_against(features, reference))
         theirs_s, value = best_of(args.repeats, theirs)
-        path = "features (low rank)" if min(n, m) <= fid.LOW_RANK_MAX else "statistics"
+        path = ("features (low rank)" if fid.low_rank_is_cheaper(n, m, args.dim)
+                else "statistics")
         finish(Result("frechet", f"{n} vs {m}, dim {args.dim}", ours_s=ours_s,
                       theirs_s=theirs_s, checks={"same FID to 1e-3": abs(ours - value) <= 1e-3},
                       notes={"ours_fid": ours, "theirs_fid": value, "ours_path": path}))

@@ -16,6 +16,7 @@ from pipeline.scoring.fid import (
     fid_against,
     frechet_distance,
     frechet_distance_low_rank,
+    low_rank_is_cheaper,
     statistics,
 )
 
@@ -65,6 +66,15 @@ def test_fid_from_features_equals_pytorch_fid_sqrtm(n1: int, n2: int) -> None:
                                                             rel=1e-12)
 
 
+def test_the_feature_path_is_taken_where_it_is_cheaper() -> None:
+    """The cases timed on one core (bench/RESULTS.md) and a big reference with few images."""
+    assert low_rank_is_cheaper(500, 1000, 2048)  # a training evaluation: 0.14 s against 3.7
+    assert low_rank_is_cheaper(1024, 2611, 2048)  # 1.4 s against 4.7
+    assert not low_rank_is_cheaper(2048, 2611, 2048)  # the default make fid: 4.8 against 5.1
+    assert not low_rank_is_cheaper(500, 60000, 2048)  # (500 x 60,000) product and its SVD
+    assert not low_rank_is_cheaper(10000, 10000, 2048)  # Fashion-MNIST's make fid
+
+
 def test_fid_against_a_reference_with_or_without_its_features() -> None:
     """From the features when the reference kept them (a folder), from mu and sigma when it did
     not (a bare .npz): the same number either way; NaN features are a UserError."""
@@ -72,6 +82,7 @@ def test_fid_against_a_reference_with_or_without_its_features() -> None:
     mu, sigma = statistics(kept)
     with_features = ReferenceStats(mu, sigma, 50, Path("ref.npz"), kept.astype(np.float32))
     bare = ReferenceStats(mu, sigma, 0, Path("ref.npz"), None)
+    assert low_rank_is_cheaper(30, 50, 64)  # so with_features takes the feature path
     expected = calculate_frechet_distance(*statistics(generated), mu, sigma)
     # float32 features: the cache keeps them so, and the network computes in float32
     assert fid_against(generated, with_features) == pytest.approx(expected, rel=1e-6)
