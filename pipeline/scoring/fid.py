@@ -264,6 +264,12 @@ def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
+def _require_finite(*arrays: np.ndarray) -> None:
+    """A UserError when FID's inputs hold NaN or infinity (a diverged generator's images)."""
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise UserError("FID statistics contain NaN or infinity; regenerate the images and rerun.")
+
+
 def frechet_distance(
     mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
 ) -> float:
@@ -280,8 +286,7 @@ def frechet_distance(
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"statistics differ in shape: {mu1.shape} vs {mu2.shape}")
-    if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
-        raise UserError("FID statistics contain NaN or infinity; regenerate the images and rerun.")
+    _require_finite(mu1, mu2, sigma1, sigma2)
     root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1  # (D, D) symmetric PSD, same eigenvalues as S1 S2
     middle = (middle + middle.T) / 2  # remove round-off asymmetry before eigvalsh
@@ -313,6 +318,7 @@ def frechet_distance_low_rank(features1: np.ndarray, features2: np.ndarray) -> f
     x, y = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
     if x.ndim != 2 or x.shape[1:] != y.shape[1:] or min(len(x), len(y)) < 2:
         raise ValueError(f"need two (n >= 2, D) feature arrays, got {x.shape} and {y.shape}")
+    _require_finite(x, y)
     mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
     a, b = x - mu1, y - mu2
     n1, n2 = len(x), len(y)
@@ -364,9 +370,6 @@ def fid_against(features: np.ndarray, reference: ReferenceStats) -> float:
     kept them and that is cheaper (few images on a side: a training evaluation's 500 against
     1,000), else from the statistics (a bare .npz reference has only those). Both give the
     same number."""
-    if (not all(np.isfinite(a).all() for a in (reference.mu, reference.sigma))
-            or not np.isfinite(features).all()):
-        raise UserError("FID statistics contain NaN or infinity; regenerate the images and rerun.")
     if reference.features is not None and low_rank_is_cheaper(
             len(features), len(reference.features), features.shape[1]):
         return frechet_distance_low_rank(features, reference.features)
