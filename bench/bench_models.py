@@ -67,6 +67,12 @@ RECIPES: dict[str, list[str]] = {
         "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
         "train.diffaugment=color,translation", "train.ema_kimg=2", "train.eval_kimg=5",
     ],
+    "fastgan-default": [  # params.yaml's FastGAN: the paper's, but DiffAugment translation alone
+        "train.model=fastgan", "train.loss=hinge", "train.width=0.125", "train.batch_size=8",
+        "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
+        "train.diffaugment=translation", "train.recon_size=16", "train.ema_kimg=2",
+        "train.eval_kimg=5",
+    ],
     "r3gan": [  # Huang et al. 2024: RpGAN + R1 + R2 every step, Adam(2e-4, 0, 0.99), no tricks
         "train.model=r3gan", "train.loss=rpgan", "train.width=0.125", "train.batch_size=32",
         "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.0", "train.beta2=0.99",

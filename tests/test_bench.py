@@ -61,3 +61,21 @@ def test_benchmark_runs_at_toy_size(script, args, tmp_path):
         assert len(sides) == 4  # two families, fp32 and bf16
         assert all(side["step_gflop"] > 0 and 0 < side["peak_fraction"] for side in sides)
         assert len({side["step_gflop"] for side in sides}) == 2  # same FLOPs in both precisions
+
+
+def test_tournament_fastgan_default_entry_is_params_yaml_recipe():
+    """The tournament's `fastgan-default` entry trains what `make all` trains (params.yaml's
+    train: section), so its row speaks for the default; only the evaluation cadence differs."""
+    import yaml
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_models import RECIPES
+
+    default = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
+    recipe = dict(setting.split("=", 1) for setting in RECIPES["fastgan-default"])
+    for key, value in recipe.items():
+        name = key.removeprefix("train.")
+        if name != "eval_kimg":  # the tournament's budget is minutes, not params.yaml's 17
+            assert yaml.safe_load(value) == default[name], (key, value, default[name])
+    kept = {"model", "loss", "width", "recon_size", "batch_size", "lr_g", "lr_d", "beta1",
+            "beta2", "diffaugment", "ema_kimg"}
+    assert kept <= {key.removeprefix("train.") for key in recipe}
