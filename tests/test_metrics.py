@@ -244,6 +244,14 @@ def test_precision_and_recall_read_in_words_as_the_notes_do() -> None:
     assert "noisy" in read_precision_recall(0.2, 0.8)
     assert "realistic and varied" in read_precision_recall(0.7, 0.7)
     assert "neither" in read_precision_recall(0.1, 0.0)
+    # A verdict needs one side high and the other low; between the bands the words say "fairly"
+    # (the Fashion-MNIST profile's 0.528 / 0.474 is not mode collapse).
+    assert read_precision_recall(0.528, 0.474).startswith("realistic and fairly varied")
+    assert "mode collapse" not in read_precision_recall(0.528, 0.474)
+    assert read_precision_recall(0.35, 0.6).startswith("fairly realistic and varied")
+    assert read_precision_recall(0.1, 0.4).startswith("not realistic yet and fairly varied")
+    assert "mode collapse" in read_precision_recall(0.5, 0.29)
+    assert "noisy" in read_precision_recall(0.29, 0.5)
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(400, 16))
     collapsed = reference[:5].repeat(40, axis=0) + rng.normal(scale=0.01, size=(200, 16))
