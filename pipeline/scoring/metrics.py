@@ -169,8 +169,8 @@ def read_precision_recall(precision: float, recall: float) -> str:
         return "neither realistic nor varied yet: samples far from the real images (train longer)"
     looks = {"high": "realistic", "fair": "fairly realistic", "low": "not realistic yet"}
     covers = {"high": "varied", "fair": "fairly varied", "low": "not varied yet"}
-    return (f"{looks[p_level]} and {covers[r_level]}: between seed 000's cases, "
-            "better than either verdict (train longer to raise the lower one)")
+    return (f"{looks[p_level]} and {covers[r_level]}: between seed 000's cases, no verdict "
+            "fits (train longer to raise the lower one)")
 
 
 def precision_recall(
