@@ -50,9 +50,13 @@ def project_lock(data_dir: Path) -> Iterator[None]:
 
 
 def _owner(data_dir: Path) -> str:
-    """'pid N: COMMAND, since TIME' from the holder's note, or a shorter phrase without it."""
-    try:
-        note = json.loads((data_dir / OWNER_FILE).read_text(encoding="utf-8"))
-        return f"pid {note['pid']}: {note['command']}, since {note['since']}"
-    except (OSError, ValueError, KeyError):
-        return "its command could not be read"
+    """'pid N: COMMAND, since TIME' from the holder's note, or a shorter phrase without it.
+    The holder writes its note just after taking the lock, so a refused writer that reads in
+    between retries for up to a second before giving up."""
+    for _ in range(20):
+        try:
+            note = json.loads((data_dir / OWNER_FILE).read_text(encoding="utf-8"))
+            return f"pid {note['pid']}: {note['command']}, since {note['since']}"
+        except (OSError, ValueError, KeyError):
+            time.sleep(0.05)
+    return "its command could not be read"
