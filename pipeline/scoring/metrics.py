@@ -152,13 +152,17 @@ PR_HIGH = 0.5  # at or above: "high" (the k-NN manifolds' usual scale for a good
 PR_LOW = 0.3  # below: "low"; between the two, "fair": a verdict there would overstate it
 
 
+def _band(value: float) -> str:
+    """high, fair or low, by PR_HIGH and PR_LOW."""
+    return "high" if value >= PR_HIGH else "low" if value < PR_LOW else "fair"
+
+
 def read_precision_recall(precision: float, recall: float) -> str:
     """Precision and recall in words, as seed 000 teaches them: precision says whether samples
     look real, recall whether they cover the real data's variety. Its two verdicts (mode
     collapse, noisy images) need one side high and the other low: precision 0.53 with recall
     0.47 (a good Fashion-MNIST run) is not mode collapse."""
-    p_level = "high" if precision >= PR_HIGH else "low" if precision < PR_LOW else "fair"
-    r_level = "high" if recall >= PR_HIGH else "low" if recall < PR_LOW else "fair"
+    p_level, r_level = _band(precision), _band(recall)
     if p_level == "high" and r_level == "low":
         return "realistic but not varied: mode collapse (the samples cover few kinds of image)"
     if r_level == "high" and p_level == "low":
