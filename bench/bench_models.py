@@ -68,8 +68,9 @@ RECIPES: dict[str, list[str]] = {
         "train.diffaugment=color,translation", "train.ema_kimg=2", "train.eval_kimg=5",
     ],
     "fastgan-default": [  # params.yaml's FastGAN: the paper's, but DiffAugment translation alone
+        # and G's learning rate twice D's
         "train.model=fastgan", "train.loss=hinge", "train.width=0.125", "train.batch_size=8",
-        "train.lr_g=0.0002", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
+        "train.lr_g=0.0004", "train.lr_d=0.0002", "train.beta1=0.5", "train.beta2=0.999",
         "train.diffaugment=translation", "train.recon_size=16", "train.ema_kimg=2",
         "train.eval_kimg=5",
     ],
